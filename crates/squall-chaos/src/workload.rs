@@ -1,0 +1,398 @@
+//! The workload: open-loop producers and acking consumers over any backend, recording every
+//! [`Event`] the checker needs.
+//!
+//! Producers follow a fixed schedule (message `i` of a producer is due at `start + i / rate`) and
+//! stamp each message with that *intended* time, so latency includes any time the producer spent
+//! blocked (no coordinated omission). A failed send is retried with the same message id (the
+//! broker's dedup window makes that safe) up to `retries` times. Consumers receive, simulate work,
+//! and ack. Each task records into its own buffer; buffers are merged and time-ordered at the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use squall_core::{Backend, Message, MessageId, Result, Subscription, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::checker::{Event, Stamp};
+
+/// What load to generate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Workload {
+    /// Concurrent producers.
+    pub producers: u32,
+    /// Consumers per group.
+    pub consumers: u32,
+    /// Groups; every message must reach each.
+    pub groups: Vec<String>,
+    /// Subject prefix; messages go to `<subject>.<key>`.
+    pub subject: String,
+    /// Total offered rate, messages per second (`0`: as fast as confirms allow).
+    pub rate: u32,
+    /// Total messages.
+    pub count: u64,
+    /// Payload bytes.
+    pub size: usize,
+    /// Distinct keys (0: no keys).
+    pub keys: u32,
+    /// Simulated processing time per message.
+    #[serde(with = "humantime_serde")]
+    pub processing: Duration,
+    /// Producer retries per message after a failed send or confirm.
+    pub retries: u32,
+    /// Pause before a retry.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Unconfirmed publishes per producer.
+    pub pipeline: usize,
+    /// Lease duration of the consumers.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Unacked deliveries per consumer.
+    pub max_in_flight: usize,
+    /// Durable groups.
+    pub durable: bool,
+    /// Per-key ordering in the groups.
+    pub ordered_by_key: bool,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            producers: 2,
+            consumers: 2,
+            groups: vec!["workers".into()],
+            subject: "chaos.orders".into(),
+            rate: 2000,
+            count: 10_000,
+            size: 256,
+            keys: 16,
+            processing: Duration::ZERO,
+            retries: 5,
+            retry_backoff: Duration::from_millis(200),
+            pipeline: 256,
+            ack_wait: Duration::from_secs(5),
+            max_in_flight: 128,
+            durable: true,
+            ordered_by_key: false,
+        }
+    }
+}
+
+/// Live counters for the progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Sent (first attempts).
+    pub sent: AtomicU64,
+    /// Confirmed.
+    pub confirmed: AtomicU64,
+    /// Given up.
+    pub failed: AtomicU64,
+    /// Deliveries.
+    pub delivered: AtomicU64,
+    /// Send or confirm errors (before retries).
+    pub errors: AtomicU64,
+    /// Distinct (group, message) pairs delivered: the drain waits for confirmed × groups.
+    pub distinct: AtomicU64,
+    seen: std::sync::Mutex<std::collections::HashSet<(String, u32, u64)>>,
+}
+
+impl Progress {
+    fn first_delivery(&self, group: &str, producer: u32, seq: u64) {
+        let new = self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert((
+            group.to_string(),
+            producer,
+            seq,
+        ));
+        if new {
+            self.distinct.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Deterministic payload of `size` bytes for (producer, seq).
+fn payload(producer: u32, seq: u64, size: usize) -> Vec<u8> {
+    let mut x = (u64::from(producer) << 40) ^ seq ^ 0x9E37_79B9_7F4A_7C15;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+impl Workload {
+    fn per_producer(&self, p: u32) -> u64 {
+        let n = u64::from(self.producers.max(1));
+        self.count / n + u64::from(u64::from(p) < self.count % n)
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        (self.rate > 0).then(|| {
+            Duration::from_secs_f64(f64::from(self.producers.max(1)) / f64::from(self.rate))
+        })
+    }
+
+    /// The subscription each consumer of `group` uses.
+    pub fn subscription(&self, group: &str) -> Result<Subscription> {
+        Ok(Subscription::new(format!("{}.>", self.subject))?
+            .group(group)?
+            .durable(self.durable)
+            .ack_wait(self.ack_wait)
+            .max_in_flight(self.max_in_flight)
+            .ordered_by_key(self.ordered_by_key))
+    }
+
+    fn message(
+        &self,
+        producer: u32,
+        seq: u64,
+        sent: Timestamp,
+    ) -> Result<(Message, Option<String>, Stamp)> {
+        let key = (self.keys > 0)
+            .then(|| format!("k{}", (seq + u64::from(producer)) % u64::from(self.keys)));
+        let subject = format!("{}.{}", self.subject, key.as_deref().unwrap_or("none"));
+        let mut b = Message::builder(subject)?
+            .id(format!("p{producer}-{seq}"))?
+            .payload(payload(producer, seq, self.size));
+        if let Some(k) = &key {
+            b = b.key(k)?;
+        }
+        let mut m = b.build();
+        let stamp = Stamp::apply(producer, seq, sent, &mut m);
+        Ok((m, key, stamp))
+    }
+}
+
+/// Runs one producer to completion (or until `stop`). `now` reads the clock the run uses.
+pub async fn produce(
+    w: Arc<Workload>,
+    backend: Arc<dyn Backend>,
+    producer: u32,
+    now: impl Fn() -> Timestamp + Send + Sync,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let total = w.per_producer(producer);
+    let start = tokio::time::Instant::now();
+    let wall_start = now();
+    let mut pending = FuturesUnordered::new();
+    for seq in 1..=total {
+        if stop.is_cancelled() {
+            break;
+        }
+        let due_in = w
+            .interval()
+            .map(|i| i.mul_f64((seq - 1) as f64))
+            .unwrap_or_default();
+        let intended = if w.rate > 0 {
+            wall_start.saturating_add(due_in)
+        } else {
+            now()
+        };
+        while pending.len() >= w.pipeline.max(1) {
+            if let Some(e) = pending.next().await {
+                events.push(e);
+            }
+        }
+        if w.rate > 0 {
+            // Wait for the send slot while recording confirms as they come (a confirm's time is
+            // when it arrived, not when the pipeline next had to make room).
+            let slot = tokio::time::sleep_until(start + due_in);
+            tokio::pin!(slot);
+            let stopped = loop {
+                tokio::select! {
+                    _ = &mut slot => break false,
+                    _ = stop.cancelled() => break true,
+                    Some(e) = pending.next(), if !pending.is_empty() => events.push(e),
+                }
+            };
+            if stopped {
+                break;
+            }
+        }
+        let (msg, key, stamp) = match w.message(producer, seq, intended) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("building workload message: {e}");
+                break;
+            }
+        };
+        events.push(Event::Sent {
+            stamp,
+            key,
+            delay: None,
+        });
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+        // The first send happens here, in sequence order (waiting here is the backend's
+        // backpressure); only the confirm, and any retry after a failure, run concurrently.
+        // A retry re-sends the same id later, so it may land after newer messages: retries are
+        // a documented source of reorders.
+        let first = backend.send(msg.clone()).await;
+        let (backend, w2, progress2) = (backend.clone(), w.clone(), progress.clone());
+        let now2 = &now;
+        pending.push(async move {
+            let id: MessageId = msg.id().clone();
+            let mut last_err = String::new();
+            let mut first = Some(first);
+            for _ in 0..=w2.retries {
+                let sent = match first.take() {
+                    Some(s) => s,
+                    None => {
+                        tokio::time::sleep(w2.retry_backoff).await;
+                        backend.send(msg.clone()).await
+                    }
+                };
+                let r = match sent {
+                    Ok(p) => p.await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(ack) => {
+                        progress2.confirmed.fetch_add(1, Ordering::Relaxed);
+                        return Event::Confirmed {
+                            msg: (producer, seq),
+                            at: now2(),
+                            stream_seq: ack.sequence,
+                            duplicate: ack.duplicate,
+                        };
+                    }
+                    Err(e) => {
+                        progress2.errors.fetch_add(1, Ordering::Relaxed);
+                        last_err = e.to_string();
+                        if !e.is_retryable() && e.kind() != squall_core::ErrorKind::Closed {
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::debug!(%id, "giving up: {last_err}");
+            progress2.failed.fetch_add(1, Ordering::Relaxed);
+            Event::Failed {
+                msg: (producer, seq),
+                at: now2(),
+                error: last_err,
+            }
+        });
+    }
+    while let Some(e) = pending.next().await {
+        events.push(e);
+    }
+    events
+}
+
+/// Runs one consumer until `stop`.
+pub async fn consume(
+    w: Arc<Workload>,
+    backend: Arc<dyn Backend>,
+    group: String,
+    consumer: u32,
+    now: impl Fn() -> Timestamp + Send + Sync,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let sub = match w.subscription(&group) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("workload subscription: {e}");
+            return events;
+        }
+    };
+    // Subscribing can fail while the target is down: retry until stopped.
+    let mut c = loop {
+        match backend.subscribe(sub.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::debug!("subscribe failed, retrying: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.cancelled() => return events,
+                }
+            }
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            n = c.next() => n,
+            _ = stop.cancelled() => break,
+        };
+        let d = match next {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!("consumer error: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Some(Ok(d)) => d,
+        };
+        let at = now();
+        progress.delivered.fetch_add(1, Ordering::Relaxed);
+        match Stamp::read(d.message()) {
+            Some((stamp, intact)) => {
+                progress.first_delivery(&group, stamp.producer, stamp.seq);
+                events.push(Event::Received {
+                    msg: (stamp.producer, stamp.seq),
+                    consumer,
+                    group: group.clone(),
+                    at,
+                    attempt: d.attempt(),
+                    stream_seq: d.sequence(),
+                    published_at: d.published_at(),
+                    deadline: d.deadline(),
+                    intact,
+                })
+            }
+            None => events.push(Event::Unreadable { consumer, at }),
+        }
+        if !w.processing.is_zero() {
+            tokio::time::sleep(w.processing).await;
+        }
+        let stamp = Stamp::read(d.message()).map(|(s, _)| (s.producer, s.seq));
+        let stream_seq = d.sequence();
+        let ok = d.ack().await.is_ok();
+        if let Some(msg) = stamp {
+            events.push(Event::Acked {
+                msg,
+                consumer,
+                group: group.clone(),
+                at: now(),
+                stream_seq,
+                ok,
+            });
+        }
+    }
+    let _ = c.close().await;
+    events
+}
+
+/// Sorts merged event buffers by time (stable), so the checker sees each message's events in the
+/// order they happened.
+pub fn merge(mut buffers: Vec<Vec<Event>>) -> Vec<Event> {
+    let mut all: Vec<Event> = buffers.drain(..).flatten().collect();
+    all.sort_by_key(Event::time);
+    all
+}
+
+impl Event {
+    /// When it happened.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Event::Phase { at, .. }
+            | Event::Confirmed { at, .. }
+            | Event::Failed { at, .. }
+            | Event::Received { at, .. }
+            | Event::Acked { at, .. }
+            | Event::Unreadable { at, .. } => *at,
+            Event::Fault { start, .. } => *start,
+            Event::Sent { stamp, .. } => stamp.sent,
+        }
+    }
+}
