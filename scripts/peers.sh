@@ -466,8 +466,21 @@ up_one() {
   line "$name" up "started by peers.sh (pid $pid) in $(since "$t0") s $(probe_note "$name")"
 }
 
+# What the Kafka adapter's build needs: librdkafka is built from source (Debian's is too old for
+# the Kafka-protocol broker), which takes cmake and libcurl's headers. Not a peer, but `up` runs
+# before the tests build, so it is the one place that prepares a fresh machine.
+ensure_build_tools() {
+  local missing=()
+  have cmake || missing+=(cmake)
+  [[ -e /usr/include/x86_64-linux-gnu/curl/curl.h || -e /usr/include/curl/curl.h ]] ||
+    missing+=(libcurl4-openssl-dev)
+  ((${#missing[@]})) || return 0
+  apt_install "${missing[@]}" || warn "could not install ${missing[*]}: the squall-kafka build will fail"
+}
+
 cmd_up() {
   local name
+  ensure_build_tools
   for name in "$@"; do up_one "$name"; done
   if ((${#FAILED[@]})); then
     if [[ ${SQUALL_REQUIRE_PEERS:-0} == 1 ]]; then

@@ -9,16 +9,21 @@
 //!   (informative: at-least-once producers then retry, which makes duplicates);
 //! - **duplicates**: deliveries of a message a group had already acked (what an idempotent
 //!   consumer must absorb), split into redelivered-after-ack (same stored copy) and stored twice
-//!   (different stream sequence, e.g. a producer retry outside the dedup window);
+//!   (different stream sequence, e.g. a producer retry outside the dedup window); and one
+//!   delivery (same attempt of the same stored copy) handed over twice before its ack;
 //! - **reorders**: per group, producer and key, a first delivery of an older sequence after a newer one;
 //! - **corrupt**: payload checksum mismatch;
 //! - **lease anomalies**: two consumers holding one message at once;
 //! - **early delays**: a delayed message delivered before its time;
-//! - per-phase counts, a one-second timeline, recovery time after each fault, latency percentiles.
+//! - **dead-letter misses**: a message a group rejected (or whose last allowed delivery went
+//!   unsettled) must be in the dead-letter queue exactly once: misses and extra copies are counted;
+//! - **unaccounted**: sent, but the producer neither got a confirm nor gave up (a run cut short);
+//! - per-phase counts (by the phase a message was sent in, as in the partition test of the
+//!   articles: pre, during, post), a one-second timeline, recovery time after each fault
+//!   window, latency percentiles.
 //!
 //! Everything is counted, nothing is de-duplicated away.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -107,8 +112,10 @@ pub enum Event {
     },
     /// A producer handed a message to the backend (first attempt).
     Sent {
-        /// The message.
+        /// The message (its `sent` is the intended send time, from which latency counts).
         stamp: Stamp,
+        /// When it was actually handed over (which phase it belongs to; faults act from here).
+        at: Timestamp,
         /// Its key.
         key: Option<String>,
         /// Delay asked for, if any.
@@ -170,6 +177,37 @@ pub enum Event {
         /// Accepted.
         ok: bool,
     },
+    /// A consumer rejected a poison message; `ok`: the backend accepted the reject (the message
+    /// must now be dead-lettered).
+    Rejected {
+        /// Which.
+        msg: MsgKey,
+        /// Consumer id.
+        consumer: u32,
+        /// Group.
+        group: String,
+        /// When.
+        at: Timestamp,
+        /// Stream sequence rejected.
+        stream_seq: u64,
+        /// Accepted.
+        ok: bool,
+    },
+    /// The dead-letter observer saw a dead letter of a workload message.
+    DeadLettered {
+        /// The original message.
+        msg: MsgKey,
+        /// The group that gave up on it (from the envelope).
+        group: String,
+        /// `rejected` or `max_deliveries`.
+        reason: String,
+        /// When it was observed.
+        at: Timestamp,
+        /// The original's stream sequence.
+        origin_seq: u64,
+        /// The dead letter's own stream sequence (a redelivery to the observer has the same).
+        dlq_seq: u64,
+    },
     /// A consumer received something that is not a workload message (corrupted stamp).
     Unreadable {
         /// Consumer id.
@@ -180,7 +218,7 @@ pub enum Event {
 }
 
 /// Counts per phase (by the phase in which a message was first sent).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PhaseCounts {
     /// Phase name.
     pub name: String,
@@ -190,10 +228,17 @@ pub struct PhaseCounts {
     pub confirmed: u64,
     /// Failed at the producer.
     pub failed: u64,
-    /// Delivered to every group at least once.
+    /// Delivered to every group at least once (or dead-lettered by it).
     pub delivered: u64,
     /// Confirmed and never delivered.
     pub lost: u64,
+    /// `delivered / sent` (1 when nothing was sent).
+    pub delivered_fraction: f64,
+    /// First deliveries (to each group) that happened during the phase, whenever their message
+    /// was sent.
+    pub received: u64,
+    /// 99th percentile end-to-end latency of the messages sent in the phase, ms.
+    pub p99_ms: f64,
 }
 
 /// One second of the run.
@@ -215,15 +260,30 @@ pub struct Bucket {
     pub p99_ms: f64,
 }
 
-/// Recovery after one fault.
+/// Recovery after one fault window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recovery {
-    /// The fault.
+    /// The fault window.
     pub fault: String,
-    /// When it was healed, seconds since the start.
-    pub healed_at_s: f64,
-    /// Time from healing until throughput and lag were back to baseline; `None`: never recovered.
+    /// When it began, seconds since the start.
+    pub started_at_s: f64,
+    /// When it was healed, seconds since the start (`None`: still active at the end).
+    pub healed_at_s: Option<f64>,
+    /// Time from healing until throughput and lag were back to baseline; `None`: not measured
+    /// (see `note`) or never recovered.
     pub recovery: Option<Duration>,
+    /// Why there is no recovery time, when there is a reason other than "never recovered":
+    /// the window was never healed, or another fault window took over as it ended (the
+    /// recovery is then measured after that one).
+    pub note: Option<String>,
+}
+
+impl Recovery {
+    /// Whether this window counts for the recovery criterion: healed, and not followed by
+    /// another fault.
+    pub fn judged(&self) -> bool {
+        self.healed_at_s.is_some() && self.note.is_none()
+    }
 }
 
 /// Latency percentiles, milliseconds.
@@ -262,12 +322,16 @@ pub struct Findings {
     pub deliveries: u64,
     /// Redeliveries before any ack (lease expiry, nack): expected under faults.
     pub redeliveries: u64,
-    /// Deliveries of a message its group had already acked: what an idempotent consumer absorbs.
+    /// Deliveries of a message its group had already acked, or of one delivery (same attempt)
+    /// twice: what an idempotent consumer absorbs.
     pub duplicates: u64,
     /// Of which the same stored copy redelivered after its ack was accepted.
     pub redelivered_after_ack: u64,
     /// Of which a second stored copy (different stream sequence).
     pub stored_twice: u64,
+    /// Of which the same delivery (same stored copy and attempt) handed over twice before it
+    /// was acked.
+    pub delivered_twice: u64,
     /// First deliveries out of order per group, producer and key.
     pub reorders: u64,
     /// A sample of reorders: (producer, sequence delivered, newer sequence delivered before it,
@@ -281,6 +345,19 @@ pub struct Findings {
     pub delay_early: u64,
     /// Acks refused by the backend.
     pub acks_refused: u64,
+    /// Sent, but neither confirmed nor given up by the producer.
+    pub unaccounted: u64,
+    /// Distinct (group, message) rejects the backend accepted.
+    pub rejected: u64,
+    /// Distinct (group, message) pairs found in the dead-letter queue.
+    pub dead_lettered: u64,
+    /// Expected in the dead-letter queue (rejected, or last allowed delivery unsettled) and
+    /// never seen there.
+    pub dlq_missing: u64,
+    /// Extra stored copies in the dead-letter queue (beyond one per group and message).
+    pub dlq_duplicates: u64,
+    /// A sample of dead-letter misses: (group, producer, sequence).
+    pub dlq_missing_sample: Vec<(String, u32, u64)>,
     /// Per phase.
     pub phases: Vec<PhaseCounts>,
     /// Per second.
@@ -293,311 +370,10 @@ pub struct Findings {
     pub publish: Latency,
 }
 
-fn latency(h: &hdrhistogram::Histogram<u64>) -> Latency {
-    let ms = |us: u64| us as f64 / 1000.0;
-    Latency {
-        count: h.len(),
-        p50_ms: ms(h.value_at_quantile(0.5)),
-        p90_ms: ms(h.value_at_quantile(0.9)),
-        p99_ms: ms(h.value_at_quantile(0.99)),
-        p999_ms: ms(h.value_at_quantile(0.999)),
-        max_ms: ms(h.max()),
-    }
-}
+mod analyze;
+mod recovery;
 
-/// A consumer's hold on a message: (consumer, from, until).
-type Hold = (u32, Timestamp, Timestamp);
-
-/// Per second of the run: its bucket and its latency histogram.
-type PerSecond = BTreeMap<u64, (Bucket, hdrhistogram::Histogram<u64>)>;
-
-fn histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
-}
-
-/// Checks a run. `groups`: the consumer groups every message should reach. `start`: when the
-/// run began (timeline origin).
-pub fn check(events: &[Event], groups: &[String], start: Timestamp) -> Findings {
-    let mut f = Findings::default();
-    let mut sent: HashMap<MsgKey, (Stamp, Option<String>, Option<Duration>, usize)> =
-        HashMap::new();
-    let mut confirmed: HashMap<MsgKey, (Timestamp, u64)> = HashMap::new();
-    let mut failed: HashSet<MsgKey> = HashSet::new();
-    let mut phases: Vec<(String, Timestamp)> = Vec::new();
-    // (group, msg) -> first delivery time
-    let mut first: HashMap<(String, MsgKey), Timestamp> = HashMap::new();
-    // (group, msg) -> stream seqs acked
-    let mut acked: HashMap<(String, MsgKey), HashSet<u64>> = HashMap::new();
-    // (group, msg) -> holders: (consumer, from, until)
-    let mut holds: HashMap<(String, MsgKey), Vec<Hold>> = HashMap::new();
-    // (group, producer, key) -> highest seq first-delivered
-    let mut order: HashMap<(String, u32, Option<String>), u64> = HashMap::new();
-    let mut e2e = histogram();
-    let mut publish = histogram();
-    let mut faults: Vec<(String, Timestamp, Option<Timestamp>)> = Vec::new();
-    let mut per_sec: PerSecond = BTreeMap::new();
-    fn slot(
-        per_sec: &mut PerSecond,
-        start: Timestamp,
-        t: Timestamp,
-    ) -> &mut (Bucket, hdrhistogram::Histogram<u64>) {
-        let s = t.saturating_since(start).as_secs();
-        per_sec.entry(s).or_insert_with(|| {
-            (
-                Bucket {
-                    t: s,
-                    ..Default::default()
-                },
-                histogram(),
-            )
-        })
-    }
-
-    for e in events {
-        match e {
-            Event::Phase { name, at } => phases.push((name.clone(), *at)),
-            Event::Fault { name, start, end } => faults.push((name.clone(), *start, *end)),
-            Event::Sent { stamp, key, delay } => {
-                let phase = phases.len().saturating_sub(1);
-                sent.insert(
-                    (stamp.producer, stamp.seq),
-                    (*stamp, key.clone(), *delay, phase),
-                );
-                slot(&mut per_sec, start, stamp.sent).0.sent += 1;
-            }
-            Event::Confirmed {
-                msg,
-                at,
-                stream_seq,
-                ..
-            } => {
-                if confirmed.insert(*msg, (*at, *stream_seq)).is_none() {
-                    slot(&mut per_sec, start, *at).0.confirmed += 1;
-                    if let Some((s, ..)) = sent.get(msg) {
-                        let _ =
-                            publish.record(at.saturating_since(s.sent).as_micros().max(1) as u64);
-                    }
-                }
-            }
-            Event::Failed { msg, at, .. } => {
-                failed.insert(*msg);
-                slot(&mut per_sec, start, *at).0.errors += 1;
-            }
-            Event::Received {
-                msg,
-                consumer,
-                group,
-                at,
-                stream_seq,
-                published_at,
-                deadline,
-                intact,
-                ..
-            } => {
-                f.deliveries += 1;
-                if !intact {
-                    f.corrupt += 1;
-                }
-                let gk = (group.clone(), *msg);
-                if let Some((stamp, key, delay, _)) = sent.get(msg) {
-                    if let Some(d) = delay
-                        && *at < published_at.saturating_add(*d)
-                    {
-                        f.delay_early += 1;
-                    }
-                    if let Some(seqs) = acked.get(&gk) {
-                        f.duplicates += 1;
-                        if seqs.contains(stream_seq) {
-                            f.redelivered_after_ack += 1;
-                        } else {
-                            f.stored_twice += 1;
-                        }
-                    } else if first.contains_key(&gk) {
-                        f.redeliveries += 1;
-                    }
-                    if !first.contains_key(&gk) {
-                        first.insert(gk.clone(), *at);
-                        let lat = at.saturating_since(stamp.sent).as_micros().max(1) as u64;
-                        let _ = e2e.record(lat);
-                        let b = slot(&mut per_sec, start, *at);
-                        b.0.delivered += 1;
-                        let _ = b.1.record(lat);
-                        let ok = order
-                            .entry((group.clone(), stamp.producer, key.clone()))
-                            .or_insert(0);
-                        if stamp.seq < *ok {
-                            f.reorders += 1;
-                            if f.reorder_sample.len() < 20 {
-                                f.reorder_sample.push((
-                                    stamp.producer,
-                                    stamp.seq,
-                                    *ok,
-                                    at.saturating_since(start).as_secs_f64(),
-                                ));
-                            }
-                        } else {
-                            *ok = stamp.seq;
-                        }
-                    }
-                }
-                let h = holds.entry(gk).or_default();
-                for (other, from, until) in h.iter() {
-                    if other != consumer && *from <= *at && *at < *until {
-                        f.two_holders += 1;
-                    }
-                }
-                h.push((*consumer, *at, *deadline));
-            }
-            Event::Acked {
-                msg,
-                consumer,
-                group,
-                at,
-                stream_seq,
-                ok,
-            } => {
-                if !ok {
-                    f.acks_refused += 1;
-                    continue;
-                }
-                let gk = (group.clone(), *msg);
-                acked.entry(gk.clone()).or_default().insert(*stream_seq);
-                if let Some(h) = holds.get_mut(&gk) {
-                    for hold in h.iter_mut().filter(|h| h.0 == *consumer && h.1 <= *at) {
-                        hold.2 = hold.2.min(*at);
-                    }
-                }
-            }
-            Event::Unreadable { .. } => f.corrupt += 1,
-        }
-    }
-
-    f.sent = sent.len() as u64;
-    f.confirmed = confirmed.len() as u64;
-    f.failed = failed.iter().filter(|m| !confirmed.contains_key(m)).count() as u64;
-    let mut phase_counts: Vec<PhaseCounts> = phases
-        .iter()
-        .map(|(name, _)| PhaseCounts {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .collect();
-    if phase_counts.is_empty() {
-        phase_counts.push(PhaseCounts {
-            name: "run".into(),
-            ..Default::default()
-        });
-    }
-    let mut lost: Vec<MsgKey> = Vec::new();
-    for (msg, (_, _, _, phase)) in &sent {
-        let last_phase = phase_counts.len() - 1;
-        let pc = &mut phase_counts[(*phase).min(last_phase)];
-        pc.sent += 1;
-        let everywhere = groups
-            .iter()
-            .all(|g| first.contains_key(&(g.clone(), *msg)));
-        let anywhere = groups
-            .iter()
-            .any(|g| first.contains_key(&(g.clone(), *msg)));
-        if confirmed.contains_key(msg) {
-            pc.confirmed += 1;
-            if !everywhere {
-                pc.lost += 1;
-                lost.push(*msg);
-            }
-        } else {
-            if failed.contains(msg) {
-                pc.failed += 1;
-            }
-            if anywhere {
-                f.unconfirmed_delivered += 1;
-            }
-        }
-        if everywhere {
-            pc.delivered += 1;
-        }
-    }
-    lost.sort_unstable();
-    f.lost = lost.len() as u64;
-    f.lost_sample = lost.into_iter().take(20).collect();
-    f.phases = phase_counts;
-
-    // Timeline with lag (confirmed minus first-delivered to the first group, cumulative).
-    let mut confirmed_total = 0u64;
-    let mut delivered_total = 0u64;
-    let last = per_sec.keys().next_back().copied().unwrap_or(0);
-    for s in 0..=last {
-        let (mut b, h) = per_sec.remove(&s).unwrap_or_else(|| {
-            (
-                Bucket {
-                    t: s,
-                    ..Default::default()
-                },
-                histogram(),
-            )
-        });
-        confirmed_total += b.confirmed;
-        delivered_total += b.delivered;
-        b.lag = confirmed_total.saturating_sub(delivered_total / groups.len().max(1) as u64);
-        b.p99_ms = if h.is_empty() {
-            0.0
-        } else {
-            h.value_at_quantile(0.99) as f64 / 1000.0
-        };
-        f.timeline.push(b);
-    }
-    f.recoveries = recoveries(&f.timeline, &faults, &phases, start);
-    f.end_to_end = latency(&e2e);
-    f.publish = latency(&publish);
-    f
-}
-
-/// Time after each healed fault until a second's deliveries are back to 80% of the baseline rate
-/// (median of the first phase's seconds) and the lag is back under twice the baseline lag (and at
-/// least 10 messages).
-fn recoveries(
-    timeline: &[Bucket],
-    faults: &[(String, Timestamp, Option<Timestamp>)],
-    phases: &[(String, Timestamp)],
-    start: Timestamp,
-) -> Vec<Recovery> {
-    let baseline_end = phases
-        .get(1)
-        .map(|p| p.1.saturating_since(start).as_secs())
-        .unwrap_or(u64::MAX);
-    let first_fault = faults
-        .iter()
-        .map(|f| f.1.saturating_since(start).as_secs())
-        .min()
-        .unwrap_or(u64::MAX);
-    let cut = baseline_end.min(first_fault);
-    let mut base: Vec<&Bucket> = timeline.iter().filter(|b| b.t < cut && b.t > 0).collect();
-    if base.is_empty() {
-        base = timeline.iter().filter(|b| b.t < cut).collect();
-    }
-    let mut rates: Vec<u64> = base.iter().map(|b| b.delivered).collect();
-    rates.sort_unstable();
-    let base_rate = rates.get(rates.len() / 2).copied().unwrap_or(0);
-    let base_lag = base.iter().map(|b| b.lag).max().unwrap_or(0);
-    let offered_end = timeline.iter().rposition(|b| b.sent > 0).unwrap_or(0) as u64;
-    faults
-        .iter()
-        .filter_map(|(name, _, end)| end.map(|e| (name, e)))
-        .map(|(name, end)| {
-            let healed = end.saturating_since(start);
-            let from = healed.as_secs();
-            let recovered = timeline.iter().filter(|b| b.t >= from).find(|b| {
-                let rate_ok = b.delivered * 5 >= base_rate * 4 || b.t > offered_end;
-                rate_ok && b.lag <= (base_lag * 2).max(10)
-            });
-            Recovery {
-                fault: name.clone(),
-                healed_at_s: healed.as_secs_f64(),
-                recovery: recovered.map(|b| Duration::from_secs(b.t + 1).saturating_sub(healed)),
-            }
-        })
-        .collect()
-}
+pub use analyze::{check, check_with};
 
 #[cfg(test)]
 mod tests;

@@ -241,20 +241,50 @@ figure{{margin:14px 0}} figcaption{{font-weight:600}} .axis{{font-size:10px;fill
         &r.phases,
         t_max,
     ));
-    html.push_str("<h2>Phases</h2><table><tr><th>phase</th><th>sent</th><th>confirmed</th><th>delivered</th><th>failed</th><th>lost</th></tr>");
+    html.push_str("<h2>Phases</h2><p>Counts by the phase a message was sent in; “received during” counts first deliveries that happened in the phase.</p><table><tr><th>phase</th><th>sent</th><th>confirmed</th><th>delivered</th><th>failed</th><th>lost</th><th>received during</th><th>p99 latency</th></tr>");
     for p in &f.phases {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.1}%)</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} ms</td></tr>",
             esc(&p.name),
             p.sent,
             p.confirmed,
             p.delivered,
+            p.delivered_fraction * 100.0,
             p.failed,
-            p.lost
+            p.lost,
+            p.received,
+            p.p99_ms
         );
     }
-    html.push_str("</table><h2>Counts</h2><table>");
+    html.push_str("</table>");
+    if !f.recoveries.is_empty() {
+        html.push_str("<h2>Fault windows</h2><table><tr><th>fault</th><th>from</th><th>healed</th><th>recovery</th></tr>");
+        for rc in &f.recoveries {
+            let rec = match (&rc.note, rc.recovery) {
+                (Some(n), _) => esc(n),
+                (None, Some(d)) => format!("{:.1} s", d.as_secs_f64()),
+                (None, None) => "never".into(),
+            };
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{:.1} s</td><td>{}</td><td>{rec}</td></tr>",
+                esc(&rc.fault),
+                rc.started_at_s,
+                rc.healed_at_s
+                    .map_or("-".to_string(), |h| format!("{h:.1} s"))
+            );
+        }
+        html.push_str("</table>");
+    }
+    if !r.injections.is_empty() {
+        html.push_str("<h2>Injected</h2><table><tr><th>rule: fault@point</th><th>count</th></tr>");
+        for (k, v) in &r.injections {
+            let _ = write!(html, "<tr><td>{}</td><td>{v}</td></tr>", esc(k));
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("<h2>Counts</h2><table>");
     for (k, v) in [
         ("sent", f.sent),
         ("confirmed", f.confirmed),
@@ -266,10 +296,16 @@ figure{{margin:14px 0}} figcaption{{font-weight:600}} .axis{{font-size:10px;fill
         ("duplicates (after ack)", f.duplicates),
         ("redelivered after ack", f.redelivered_after_ack),
         ("stored twice", f.stored_twice),
+        ("delivered twice (one attempt)", f.delivered_twice),
         ("reorders", f.reorders),
         ("corrupt", f.corrupt),
         ("two holders", f.two_holders),
         ("acks refused", f.acks_refused),
+        ("unaccounted (neither confirmed nor failed)", f.unaccounted),
+        ("rejected (poison)", f.rejected),
+        ("in the dead-letter queue", f.dead_lettered),
+        ("dead-letter misses", f.dlq_missing),
+        ("dead-letter extra copies", f.dlq_duplicates),
     ] {
         let _ = write!(html, "<tr><td>{k}</td><td>{v}</td></tr>");
     }

@@ -14,10 +14,10 @@
 //! | [`process`] | kill -9, SIGSTOP/SIGCONT, restart and stop of processes; external brokers' commands |
 //! | [`control`] | HTTP control of chaos in a running service (`/admin/chaos/...`) |
 //! | [`probe`] | TCP and HTTP readiness probes |
-//! | [`scenario`] | game days as TOML: target, workload, timeline of faulty phases, criteria |
-//! | [`workload`] | open-loop producers and acking consumers recording every event |
-//! | [`checker`] | counts lost, duplicated, reordered, corrupted messages, lease anomalies, recovery |
-//! | [`runner`] | runs a scenario end to end |
+//! | [`scenario`] | game days as TOML: target, workload, fault proxies, phases (process actions, message rules, proxy faults), criteria |
+//! | [`workload`] | open-loop producers, acking (and poison-rejecting) consumers, the dead-letter observer |
+//! | [`checker`] | counts lost, duplicated, reordered, corrupted messages, lease anomalies, dead-letter misses, per-phase deliveries, recovery per fault window |
+//! | [`runner`] | runs a scenario end to end against a [`runner::Target`] (the seam for other brokers) |
 //! | [`report`] | verdict, JSON and HTML timeline, starting with the seed that replays the run |
 //!
 //! One seed drives all randomness: every rule, proxy and shuffle draws from its own stream derived

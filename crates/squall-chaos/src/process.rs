@@ -15,7 +15,7 @@
 //!     .ready_tcp("127.0.0.1:4500")
 //!     .ready_timeout(Duration::from_secs(10));
 //! let mut broker = ManagedProcess::start(spec).await?;
-//! broker.pause()?; // clients time out
+//! broker.pause().await?; // clients time out
 //! broker.resume()?;
 //! broker.kill9().await?; // crash
 //! broker.restart().await?; // recovery, waits until ready
@@ -129,6 +129,32 @@ impl Ready {
             Ready::Tcp(a) => format!("TCP connect to {a}"),
             Ready::Http(u) => format!("GET {u} answering 200"),
         }
+    }
+}
+
+/// Waits until every thread of `pid` is in the stopped state (`T` in `/proc/<pid>/task/*/stat`),
+/// at most 1 s. Returns at once where there is no `/proc` or the process is gone.
+async fn wait_stopped(pid: u32) {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let Ok(tasks) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let stopped = tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) S ...`: the state follows the last `)` (comm may hold one).
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.trim_start().chars().next()
+                })
+                .is_none_or(|state| matches!(state, 'T' | 't'))
+        });
+        if stopped || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -409,10 +435,16 @@ impl ManagedProcess {
         })
     }
 
-    /// Freezes the process (SIGSTOP): it keeps its sockets but answers nothing.
-    pub fn pause(&mut self) -> Result<(), ProcessError> {
+    /// Freezes the process (SIGSTOP): it keeps its sockets but answers nothing. Returns once
+    /// every thread of it is stopped (where `/proc` tells; at most 1 s): the kernel delivers
+    /// the signal asynchronously, and a thread running on another CPU could otherwise still
+    /// answer right after this returned.
+    pub async fn pause(&mut self) -> Result<(), ProcessError> {
         self.signal(Signal::SIGSTOP)?;
         self.paused = true;
+        if let Some(pid) = self.pid() {
+            wait_stopped(pid).await;
+        }
         Ok(())
     }
 

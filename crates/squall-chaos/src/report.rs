@@ -4,125 +4,14 @@
 //! Every report starts with the seed and the exact command that replays the run.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::checker::Findings;
 
-/// Success criteria of a scenario. Unset criteria are not checked.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Criteria {
-    /// Most confirmed messages allowed to be lost.
-    pub max_lost: Option<u64>,
-    /// Most deliveries of already-acked messages (what an idempotent consumer must absorb).
-    pub max_duplicates: Option<u64>,
-    /// Require per-key order (no reorders).
-    pub per_key_order: bool,
-    /// No corruption may reach a consumer undetected — and none may be delivered at all.
-    pub max_corrupt: Option<u64>,
-    /// No two consumers may hold one message at once.
-    pub no_lease_anomalies: bool,
-    /// Longest recovery after any healed fault.
-    #[serde(with = "humantime_serde")]
-    pub max_recovery: Option<Duration>,
-    /// End-to-end p99 latency limit.
-    #[serde(with = "humantime_serde")]
-    pub p99_latency: Option<Duration>,
-    /// Fewest messages that must be confirmed (a run that confirms nothing proves nothing).
-    pub min_confirmed: Option<u64>,
-}
+mod criteria;
 
-/// One criterion's outcome.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Verdict {
-    /// Criterion.
-    pub name: String,
-    /// Limit, as text.
-    pub limit: String,
-    /// Observed, as text.
-    pub observed: String,
-    /// Met.
-    pub pass: bool,
-}
-
-impl Criteria {
-    /// Judges `f`.
-    pub fn judge(&self, f: &Findings) -> Vec<Verdict> {
-        let mut out = Vec::new();
-        let mut num = |name: &str, limit: Option<u64>, observed: u64| {
-            if let Some(l) = limit {
-                out.push(Verdict {
-                    name: name.into(),
-                    limit: format!("≤ {l}"),
-                    observed: observed.to_string(),
-                    pass: observed <= l,
-                });
-            }
-        };
-        num("lost (confirmed, never delivered)", self.max_lost, f.lost);
-        num(
-            "duplicates (delivered after ack)",
-            self.max_duplicates,
-            f.duplicates,
-        );
-        num("corrupt", self.max_corrupt, f.corrupt);
-        if self.per_key_order {
-            out.push(Verdict {
-                name: "per-key order".into(),
-                limit: "0 reorders".into(),
-                observed: f.reorders.to_string(),
-                pass: f.reorders == 0,
-            });
-        }
-        if self.no_lease_anomalies {
-            let n = f.two_holders + f.redelivered_after_ack;
-            out.push(Verdict {
-                name: "lease anomalies".into(),
-                limit: "0".into(),
-                observed: n.to_string(),
-                pass: n == 0,
-            });
-        }
-        if let Some(min) = self.min_confirmed {
-            out.push(Verdict {
-                name: "confirmed".into(),
-                limit: format!("≥ {min}"),
-                observed: f.confirmed.to_string(),
-                pass: f.confirmed >= min,
-            });
-        }
-        if let Some(max) = self.max_recovery {
-            let worst = f
-                .recoveries
-                .iter()
-                .map(|r| r.recovery)
-                .max_by_key(|r| r.map_or(Duration::MAX, |d| d));
-            let (observed, pass) = match worst {
-                None => ("no fault healed".to_string(), true),
-                Some(None) => ("never recovered".to_string(), false),
-                Some(Some(d)) => (format!("{:.1}s", d.as_secs_f64()), d <= max),
-            };
-            out.push(Verdict {
-                name: "recovery time".into(),
-                limit: format!("≤ {:.1}s", max.as_secs_f64()),
-                observed,
-                pass,
-            });
-        }
-        if let Some(max) = self.p99_latency {
-            let p99 = f.end_to_end.p99_ms;
-            out.push(Verdict {
-                name: "p99 end-to-end latency".into(),
-                limit: format!("≤ {} ms", max.as_millis()),
-                observed: format!("{p99:.1} ms"),
-                pass: p99 <= max.as_secs_f64() * 1000.0,
-            });
-        }
-        out
-    }
-}
+pub use criteria::{Criteria, PhaseCriteria, Verdict};
 
 /// A fault window for the timeline.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,6 +47,8 @@ pub struct Report {
     pub faults: Vec<Window>,
     /// Phase windows.
     pub phases: Vec<Window>,
+    /// Message-level injections by rule (`rule: fault@point` → count).
+    pub injections: std::collections::BTreeMap<String, u64>,
     /// The checker's counts.
     pub findings: Findings,
 }
@@ -180,7 +71,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "sent {}  confirmed {}  failed {}  lost {}  duplicates {} (after ack {}, stored twice {})  redeliveries {}  reorders {}  corrupt {}  two holders {}",
+            "sent {}  confirmed {}  failed {}  lost {}  duplicates {} (after ack {}, stored twice {}, delivered twice {})  redeliveries {}  reorders {}  corrupt {}  two holders {}",
             f.sent,
             f.confirmed,
             f.failed,
@@ -188,6 +79,7 @@ impl Report {
             f.duplicates,
             f.redelivered_after_ack,
             f.stored_twice,
+            f.delivered_twice,
             f.redeliveries,
             f.reorders,
             f.corrupt,
@@ -202,21 +94,56 @@ impl Report {
             f.publish.p50_ms,
             f.publish.p99_ms
         );
+        if !self.injections.is_empty() {
+            let list: Vec<String> = self
+                .injections
+                .iter()
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect();
+            let _ = writeln!(s, "injected: {}", list.join("; "));
+        }
+        if f.failed > 0 || f.unaccounted > 0 || f.unconfirmed_delivered > 0 {
+            let _ = writeln!(
+                s,
+                "unconfirmed: {} failed at the producer ({} of them delivered anyway), {} unaccounted",
+                f.failed, f.unconfirmed_delivered, f.unaccounted
+            );
+        }
+        if f.rejected > 0 || f.dead_lettered > 0 || f.dlq_missing > 0 {
+            let _ = writeln!(
+                s,
+                "dead letters: {} rejected, {} in the dead-letter queue, {} missing, {} extra copies",
+                f.rejected, f.dead_lettered, f.dlq_missing, f.dlq_duplicates
+            );
+        }
         for p in &f.phases {
             let _ = writeln!(
                 s,
-                "  phase {:<12} sent {:>7}  confirmed {:>7}  delivered {:>7}  failed {:>6}  lost {:>5}",
-                p.name, p.sent, p.confirmed, p.delivered, p.failed, p.lost
+                "  phase {:<18} sent {:>7}  confirmed {:>7}  delivered {:>7} ({:>5.1}%)  failed {:>6}  lost {:>5}  received during {:>7}  p99 {:.0} ms",
+                p.name,
+                p.sent,
+                p.confirmed,
+                p.delivered,
+                p.delivered_fraction * 100.0,
+                p.failed,
+                p.lost,
+                p.received,
+                p.p99_ms
             );
         }
         for r in &f.recoveries {
-            let rec = r
-                .recovery
-                .map_or("never".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+            let rec = match (&r.note, r.recovery) {
+                (Some(n), _) => n.clone(),
+                (None, Some(d)) => format!("recovered in {:.1}s", d.as_secs_f64()),
+                (None, None) => "never recovered".into(),
+            };
+            let healed = r
+                .healed_at_s
+                .map_or("-".to_string(), |h| format!("{h:.1}s"));
             let _ = writeln!(
                 s,
-                "  recovery after {} (healed at {:.1}s): {rec}",
-                r.fault, r.healed_at_s
+                "  fault {} ({:.1}s → {healed}): {rec}",
+                r.fault, r.started_at_s
             );
         }
         for v in &self.verdicts {

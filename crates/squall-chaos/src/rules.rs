@@ -44,6 +44,8 @@ pub enum Point {
     /// A producer hands a message to the backend (before the backend sees it).
     Publish,
     /// The backend's confirm travels back to the producer (after the message was stored).
+    /// Also written `publish_confirm` or `publish-confirm` in scenarios.
+    #[serde(alias = "publish_confirm", alias = "publish-confirm")]
     Confirm,
     /// A leased message travels to the consumer.
     Deliver,
@@ -131,7 +133,13 @@ impl<'de> Deserialize<'de> for Kind {
             .iter()
             .find(|k| k.as_str() == name)
             .map(|k| Kind(*k))
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown error kind `{name}`")))
+            .ok_or_else(|| {
+                let known: Vec<&str> = KINDS.iter().map(|k| k.as_str()).collect();
+                serde::de::Error::custom(format!(
+                    "unknown error kind `{name}`, expected one of {}",
+                    known.join(", ")
+                ))
+            })
     }
 }
 
@@ -143,6 +151,13 @@ pub struct DecideFn(pub Arc<Decide>);
 /// The closure behind a [`DecideFn`].
 pub type Decide = dyn Fn(&Site<'_>, &mut ChaosRng) -> Verdict + Send + Sync;
 
+/// Two decision functions are equal when they are the same closure.
+impl PartialEq for DecideFn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl fmt::Debug for DecideFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DecideFn")
@@ -150,8 +165,13 @@ impl fmt::Debug for DecideFn {
 }
 
 /// What a rule does when it fires.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+///
+/// In TOML a fault is an inline table tagged by `kind`: `{ kind = "drop" }`,
+/// `{ kind = "delay", dist = "fixed", delay = "20ms" }`, `{ kind = "error", error = "unavailable" }`,
+/// `{ kind = "reorder", count = 8, max_wait = "50ms" }` (`reorder` is another name of `hold`),
+/// `{ kind = "partition", mode = "hang" }`. Unknown keys are refused by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
     /// Wait before going on.
     Delay(DelayDist),
@@ -168,7 +188,8 @@ pub enum Fault {
     /// One bit of the payload is flipped.
     Corrupt,
     /// Hold-and-reorder: keep up to `count` messages, then release them shuffled (or when the
-    /// oldest has waited `max_wait`).
+    /// oldest has waited `max_wait`). Also written `reorder`.
+    #[serde(alias = "reorder")]
     Hold {
         /// How many to collect before releasing.
         count: usize,
@@ -379,7 +400,7 @@ fn one() -> f64 {
 ///
 /// Its random stream is derived from the run's seed and its `name`, so names must be unique in
 /// a registry, and renaming a rule changes its schedule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Unique name: identifies the rule and selects its random stream.
@@ -403,7 +424,36 @@ pub struct Rule {
     #[serde(default)]
     pub limit: Option<u64>,
     /// What it does.
+    #[serde(deserialize_with = "strict_fault")]
     pub fault: Fault,
+}
+
+/// Refuses keys besides `kind` in a table whose `kind` is one of `bare` (serde ignores extra
+/// keys of parameterless variants of an internally tagged enum; a scenario must not).
+pub(crate) fn no_extra_keys(
+    v: &serde_json::Value,
+    bare: &[&str],
+) -> std::result::Result<(), String> {
+    let Some(obj) = v.as_object() else {
+        return Ok(());
+    };
+    match obj.get("kind").and_then(|k| k.as_str()) {
+        Some(kind) if bare.contains(&kind) => match obj.keys().find(|k| *k != "kind") {
+            Some(extra) => Err(format!(
+                "unknown field `{extra}`: a `{kind}` fault has no parameters"
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// A [`Fault`] with every unknown key refused.
+fn strict_fault<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Fault, D::Error> {
+    use serde::de::Error as _;
+    let v = serde_json::Value::deserialize(d)?;
+    no_extra_keys(&v, &["drop", "lie_drop", "duplicate", "corrupt"]).map_err(D::Error::custom)?;
+    Fault::deserialize(v).map_err(D::Error::custom)
 }
 
 impl Rule {

@@ -2,42 +2,72 @@
 //! that start with each, and the success criteria.
 //!
 //! ```toml
-//! name = "broker-kill"
-//! description = "kill -9 the broker mid-load, restart it, lose nothing confirmed"
+//! # What it shows, and its success criteria, in a comment at the top.
+//! name = "loss-resilience"
+//! description = "publishes and confirms are lost; producers retry; nothing confirmed is lost"
+//! drain = "20s"            # after the last phase: how long to wait for every delivery
 //!
 //! [target]
-//! kind = "server"        # a `squall serve` the lab starts (or "url" with url = "squall://...")
-//! sync = "fsync"
+//! kind = "server"          # a `squall serve` the lab starts (or "url" with url = "squall://...")
+//! sync = "fsync"           # fsync, buffered or memory
 //!
-//! [workload]
+//! [workload]               # see `Workload` for every key
 //! producers = 2
-//! rate = 2000
-//! count = 20000
+//! rate = 1000
+//! count = 9000
+//! retries = 8
+//! poison = 0.01            # fraction of messages the consumers reject (dead-letter check)
+//!
+//! [proxy]                  # optional: which clients connect through a fault proxy
+//! producers = true
+//! consumers = false
 //!
 //! [[phase]]
 //! name = "baseline"
 //! duration = "3s"
 //!
 //! [[phase]]
-//! name = "kill"
-//! duration = "2s"
-//! actions = ["kill9"]    # at the phase's start
+//! name = "lossy"
+//! duration = "4s"
+//! actions = ["kill9"]      # process faults at the phase's start: kill9, pause, resume, start, restart
 //!
-//! [[phase]]
-//! name = "recover"
-//! duration = "5s"
-//! actions = ["start"]
+//! [[phase.rule]]           # message-level faults, installed at the phase's start, removed at its end
+//! name = "lose-publishes"
+//! point = "publish"        # publish, confirm (publish-confirm), deliver, ack, connect
+//! probability = 0.2
+//! groups = ["producers"]   # sites' groups: "producers" for publish/confirm, the consumer group
+//!                          # for deliver, ack and connect
+//! fault = { kind = "drop" }   # delay, drop, lie_drop, duplicate, corrupt, reorder (hold), error, partition
 //!
-//! [criteria]
+//! [[phase.proxy]]          # proxy faults for the phase's length
+//! side = "producers"       # producers, consumers or both
+//! direction = "upstream"   # upstream (client → broker), downstream or both
+//! fault = { kind = "latency", latency = "100ms", jitter = "20ms" }  # or down, bandwidth,
+//!                          # blackhole, reset, slow_close, slicer
+//!
+//! [criteria]               # see `Criteria`
 //! max_lost = 0
+//! all_accounted = true
+//!
+//! [[criteria.phase]]       # per-phase delivery fractions and latency
+//! name = "baseline"
+//! min_delivered = 1.0
 //! ```
+//!
+//! Unknown keys are refused with the key named; [`Scenario::parse`] also checks what TOML cannot
+//! (rule parameters, proxy steps on a side that has no proxy, criteria naming unknown phases).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::report::Criteria;
+use crate::rules::Rule;
 use crate::workload::Workload;
+
+mod proxy_step;
+
+pub use proxy_step::{ProxyAction, ProxyConfig, ProxyStep, Side};
 
 /// What the lab tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +126,21 @@ pub struct Phase {
     /// Process faults at its start.
     #[serde(default)]
     pub actions: Vec<Action>,
+    /// Message-level rules (`[[phase.rule]]`), installed in the run's fault registry at the
+    /// phase's start and removed at its end. The phase is their window: a rule here may not have
+    /// a `window` of its own.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+    /// Proxy faults (`[[phase.proxy]]`), added at the phase's start and removed at its end.
+    #[serde(default, rename = "proxy")]
+    pub proxy: Vec<ProxyStep>,
+}
+
+impl Phase {
+    /// Whether the phase injects message-level or proxy faults.
+    pub fn has_faults(&self) -> bool {
+        !self.rules.is_empty() || !self.proxy.is_empty()
+    }
 }
 
 /// A whole scenario.
@@ -112,6 +157,9 @@ pub struct Scenario {
     /// The load.
     #[serde(default)]
     pub workload: Workload,
+    /// Which clients connect through fault proxies (`[proxy]`); see [`Scenario::proxies`].
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
     /// The timeline.
     #[serde(rename = "phase")]
     pub phases: Vec<Phase>,
@@ -131,12 +179,13 @@ fn default_drain() -> Duration {
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// Not valid TOML for a scenario; the message names the key.
-    #[error("scenario {path}: {source}")]
+    #[error("scenario {path}: {error}")]
     Parse {
         /// File.
         path: String,
-        /// Cause.
-        source: toml::de::Error,
+        /// Cause (not a `source`: its text is in the message, and printing the error chain
+        /// would repeat it).
+        error: toml::de::Error,
     },
     /// Parsed, but inconsistent.
     #[error("scenario {path}: {problem} (set `{key}`)")]
@@ -153,9 +202,9 @@ pub enum ScenarioError {
 impl Scenario {
     /// Parses and validates a scenario; `path` is only for messages.
     pub fn parse(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
+        let s: Scenario = toml::from_str(text).map_err(|error| ScenarioError::Parse {
             path: path.into(),
-            source,
+            error,
         })?;
         let invalid = |key, problem: String| ScenarioError::Invalid {
             path: path.into(),
@@ -196,7 +245,94 @@ impl Scenario {
                 "count, producers, consumers and groups must be non-zero".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&s.workload.poison) {
+            return Err(invalid(
+                "workload.poison",
+                format!("{} is not a fraction within 0..=1", s.workload.poison),
+            ));
+        }
+        if s.workload.max_deliveries == Some(0) {
+            return Err(invalid(
+                "workload.max_deliveries",
+                "at least 1 (or leave it unset: redeliver forever)".into(),
+            ));
+        }
+        let proxies = s.proxies();
+        let mut names = std::collections::HashSet::new();
+        for p in &s.phases {
+            if !names.insert(p.name.as_str()) {
+                return Err(invalid(
+                    "phase.name",
+                    format!("two phases are called `{}`", p.name),
+                ));
+            }
+            let mut rules = std::collections::HashSet::new();
+            for r in &p.rules {
+                if !rules.insert(r.name.as_str()) {
+                    return Err(invalid(
+                        "phase.rule.name",
+                        format!("phase `{}` has two rules called `{}`", p.name, r.name),
+                    ));
+                }
+                if r.window.is_some() {
+                    return Err(invalid(
+                        "phase.rule.window",
+                        format!(
+                            "rule `{}` of phase `{}`: the phase is the rule's window",
+                            r.name, p.name
+                        ),
+                    ));
+                }
+                r.validate().map_err(|e| {
+                    invalid("phase.rule", format!("phase `{}`: {}", p.name, e.message()))
+                })?;
+            }
+            for (i, step) in p.proxy.iter().enumerate() {
+                if !proxies.is_some_and(|c| c.covers(step.side)) {
+                    return Err(invalid(
+                        "proxy",
+                        format!(
+                            "phase `{}` has a proxy fault on {} but they do not connect through a proxy",
+                            p.name,
+                            step.side.as_str()
+                        ),
+                    ));
+                }
+                if let Some(f) = step.proxy_fault(&format!("{}-{i}", p.name)) {
+                    f.validate().map_err(|e| {
+                        invalid("phase.proxy.fault", format!("phase `{}`: {e}", p.name))
+                    })?;
+                }
+            }
+        }
+        if proxies.is_some() && s.target.kind == TargetKind::Url && s.target.url.is_none() {
+            return Err(invalid(
+                "target.url",
+                "a proxy needs the target's address".into(),
+            ));
+        }
+        for c in &s.criteria.phase {
+            if !names.contains(c.name.as_str()) {
+                return Err(invalid(
+                    "criteria.phase.name",
+                    format!("there is no phase called `{}`", c.name),
+                ));
+            }
+        }
         Ok(s)
+    }
+
+    /// Which clients connect through proxies: the `[proxy]` section, or both sides when it is
+    /// absent but some phase has proxy faults, or `None` (no proxy).
+    pub fn proxies(&self) -> Option<ProxyConfig> {
+        self.proxy
+            .or_else(|| {
+                self.phases
+                    .iter()
+                    .any(|p| !p.proxy.is_empty())
+                    .then(ProxyConfig::default)
+            })
+            .filter(|c| c.producers || c.consumers)
     }
 
     /// Total length of the timeline.
@@ -204,14 +340,21 @@ impl Scenario {
         self.phases.iter().map(|p| p.duration).sum()
     }
 
-    /// A shorter version for CI: phases and message count scaled by `factor` (0 < factor ≤ 1).
+    /// A shorter version for CI: phases, message count, `min_confirmed` and per-phase
+    /// `min_received` scaled by `factor`
+    /// (0 < factor ≤ 1; phases last at least 300 ms, at least 100 messages are sent).
     pub fn scaled(mut self, factor: f64) -> Scenario {
         for p in &mut self.phases {
             p.duration = p.duration.mul_f64(factor).max(Duration::from_millis(300));
         }
         let count = ((self.workload.count as f64 * factor) as u64).max(100);
         if let Some(min) = self.criteria.min_confirmed.as_mut() {
-            *min = (*min).min(count);
+            *min = ((*min as f64 * factor).ceil() as u64).min(count);
+        }
+        for c in &mut self.criteria.phase {
+            if let Some(min) = c.min_received.as_mut() {
+                *min = (*min as f64 * factor).ceil() as u64;
+            }
         }
         self.workload.count = count;
         self
@@ -219,39 +362,4 @@ impl Scenario {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_scenario_parses_and_bad_ones_name_the_key() {
-        let ok = r#"
-            name = "t"
-            [target]
-            kind = "server"
-            [[phase]]
-            name = "a"
-            duration = "2s"
-            actions = ["kill9"]
-        "#;
-        let s = Scenario::parse(ok, "t.toml").unwrap();
-        assert_eq!(s.timeline(), Duration::from_secs(2));
-        assert_eq!(s.phases[0].actions, vec![Action::Kill9]);
-        assert_eq!(s.workload, Workload::default());
-
-        let e = Scenario::parse(&ok.replace("\"server\"", "\"url\""), "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("target.url"), "{e}");
-        let e = Scenario::parse(
-            &ok.replace("duration = \"2s\"", "duration = \"2s\"\nbogus = 1"),
-            "t.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("bogus"), "{e}");
-        let e = Scenario::parse(&ok.replace("kill9", "explode"), "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("explode"), "{e}");
-    }
-}
+mod tests;

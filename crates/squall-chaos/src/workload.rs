@@ -5,7 +5,13 @@
 //! stamp each message with that *intended* time, so latency includes any time the producer spent
 //! blocked (no coordinated omission). A failed send is retried with the same message id (the
 //! broker's dedup window makes that safe) up to `retries` times. Consumers receive, simulate work,
-//! and ack. Each task records into its own buffer; buffers are merged and time-ordered at the end.
+//! and ack — or reject a poison message ([`Workload::poison`]) so the broker dead-letters it. A
+//! consumer does not wait for one settle before receiving the next (settles run concurrently, at
+//! most `max_in_flight`), as a consumer with prefetch does: otherwise every delivery would cost a
+//! round trip and added network latency would throttle consumers to a crawl. Processing itself is
+//! sequential per consumer. When the run can dead-letter anything, an observer that suffers no
+//! faults watches the dead-letter queue. Each task records into its own buffer; buffers are
+//! merged and time-ordered at the end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +24,10 @@ use squall_core::{Backend, Message, MessageId, Result, Subscription, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::checker::{Event, Stamp};
+
+mod consumer;
+
+pub use consumer::{consume, observe_dead_letters};
 
 /// What load to generate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +68,12 @@ pub struct Workload {
     pub durable: bool,
     /// Per-key ordering in the groups.
     pub ordered_by_key: bool,
+    /// Fraction of messages (0 to 1) marked as poison: consumers reject them, so the broker
+    /// dead-letters them and the checker looks for each exactly once in the dead-letter queue.
+    /// Which messages are poison is fixed by their producer and sequence.
+    pub poison: f64,
+    /// Deliveries after which the broker dead-letters a message (unset: redeliver forever).
+    pub max_deliveries: Option<u32>,
 }
 
 impl Default for Workload {
@@ -79,6 +95,8 @@ impl Default for Workload {
             max_in_flight: 128,
             durable: true,
             ordered_by_key: false,
+            poison: 0.0,
+            max_deliveries: None,
         }
     }
 }
@@ -98,21 +116,49 @@ pub struct Progress {
     pub errors: AtomicU64,
     /// Distinct (group, message) pairs delivered: the drain waits for confirmed × groups.
     pub distinct: AtomicU64,
-    seen: std::sync::Mutex<std::collections::HashSet<(String, u32, u64)>>,
+    /// Distinct (group, message) pairs whose reject the backend accepted.
+    pub rejected: AtomicU64,
+    /// Distinct (group, message) pairs seen in the dead-letter queue: the drain waits for
+    /// `rejected`.
+    pub dead_letters: AtomicU64,
+    seen: Seen,
+    rejects: Seen,
+    dead: Seen,
+}
+
+type Seen = std::sync::Mutex<std::collections::HashSet<(String, u32, u64)>>;
+
+fn first(set: &Seen, counter: &AtomicU64, group: &str, producer: u32, seq: u64) {
+    let new =
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((group.to_string(), producer, seq));
+    if new {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Progress {
-    fn first_delivery(&self, group: &str, producer: u32, seq: u64) {
-        let new = self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert((
-            group.to_string(),
-            producer,
-            seq,
-        ));
-        if new {
-            self.distinct.fetch_add(1, Ordering::Relaxed);
-        }
+    pub(crate) fn first_delivery(&self, group: &str, producer: u32, seq: u64) {
+        first(&self.seen, &self.distinct, group, producer, seq);
+    }
+    pub(crate) fn first_reject(&self, group: &str, producer: u32, seq: u64) {
+        first(&self.rejects, &self.rejected, group, producer, seq);
+    }
+    pub(crate) fn first_dead_letter(&self, group: &str, producer: u32, seq: u64) {
+        first(&self.dead, &self.dead_letters, group, producer, seq);
+    }
+
+    /// Whether every accepted reject so far has been seen in the dead-letter queue.
+    pub fn rejects_dead_lettered(&self) -> bool {
+        let rejects = self.rejects.lock().unwrap_or_else(|p| p.into_inner());
+        let dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+        rejects.is_subset(&dead)
     }
 }
+
+/// The header that marks a poison message (value `1`).
+pub const POISON_HEADER: &str = "chaos-poison";
 
 /// Deterministic payload of `size` bytes for (producer, seq).
 fn payload(producer: u32, seq: u64, size: usize) -> Vec<u8> {
@@ -141,12 +187,37 @@ impl Workload {
 
     /// The subscription each consumer of `group` uses.
     pub fn subscription(&self, group: &str) -> Result<Subscription> {
-        Ok(Subscription::new(format!("{}.>", self.subject))?
+        let mut sub = Subscription::new(format!("{}.>", self.subject))?
             .group(group)?
             .durable(self.durable)
             .ack_wait(self.ack_wait)
             .max_in_flight(self.max_in_flight)
-            .ordered_by_key(self.ordered_by_key))
+            .ordered_by_key(self.ordered_by_key);
+        if let Some(n) = self.max_deliveries {
+            sub = sub.max_deliveries(n);
+        }
+        Ok(sub)
+    }
+
+    /// Whether the run can dead-letter anything (poison messages or a delivery limit): then the
+    /// runner watches the dead-letter queue.
+    pub fn dead_letters_expected(&self) -> bool {
+        self.poison > 0.0 || self.max_deliveries.is_some()
+    }
+
+    /// Whether message `seq` of `producer` is poison: a stable hash of both, compared with the
+    /// `poison` fraction.
+    pub fn is_poison(&self, producer: u32, seq: u64) -> bool {
+        if self.poison <= 0.0 {
+            return false;
+        }
+        let mut x = (u64::from(producer) << 48) ^ seq ^ 0x2545_F491_4F6C_DD1D;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^= x >> 33;
+        (x as f64 / u64::MAX as f64) < self.poison
     }
 
     fn message(
@@ -163,6 +234,9 @@ impl Workload {
             .payload(payload(producer, seq, self.size));
         if let Some(k) = &key {
             b = b.key(k)?;
+        }
+        if self.is_poison(producer, seq) {
+            b = b.header(POISON_HEADER, "1")?;
         }
         let mut m = b.build();
         let stamp = Stamp::apply(producer, seq, sent, &mut m);
@@ -227,6 +301,7 @@ pub async fn produce(
         };
         events.push(Event::Sent {
             stamp,
+            at: now(),
             key,
             delay: None,
         });
@@ -288,91 +363,6 @@ pub async fn produce(
     events
 }
 
-/// Runs one consumer until `stop`.
-pub async fn consume(
-    w: Arc<Workload>,
-    backend: Arc<dyn Backend>,
-    group: String,
-    consumer: u32,
-    now: impl Fn() -> Timestamp + Send + Sync,
-    progress: Arc<Progress>,
-    stop: CancellationToken,
-) -> Vec<Event> {
-    let mut events = Vec::new();
-    let sub = match w.subscription(&group) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("workload subscription: {e}");
-            return events;
-        }
-    };
-    // Subscribing can fail while the target is down: retry until stopped.
-    let mut c = loop {
-        match backend.subscribe(sub.clone()).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::debug!("subscribe failed, retrying: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = stop.cancelled() => return events,
-                }
-            }
-        }
-    };
-    loop {
-        let next = tokio::select! {
-            n = c.next() => n,
-            _ = stop.cancelled() => break,
-        };
-        let d = match next {
-            None => break,
-            Some(Err(e)) => {
-                tracing::debug!("consumer error: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            Some(Ok(d)) => d,
-        };
-        let at = now();
-        progress.delivered.fetch_add(1, Ordering::Relaxed);
-        match Stamp::read(d.message()) {
-            Some((stamp, intact)) => {
-                progress.first_delivery(&group, stamp.producer, stamp.seq);
-                events.push(Event::Received {
-                    msg: (stamp.producer, stamp.seq),
-                    consumer,
-                    group: group.clone(),
-                    at,
-                    attempt: d.attempt(),
-                    stream_seq: d.sequence(),
-                    published_at: d.published_at(),
-                    deadline: d.deadline(),
-                    intact,
-                })
-            }
-            None => events.push(Event::Unreadable { consumer, at }),
-        }
-        if !w.processing.is_zero() {
-            tokio::time::sleep(w.processing).await;
-        }
-        let stamp = Stamp::read(d.message()).map(|(s, _)| (s.producer, s.seq));
-        let stream_seq = d.sequence();
-        let ok = d.ack().await.is_ok();
-        if let Some(msg) = stamp {
-            events.push(Event::Acked {
-                msg,
-                consumer,
-                group: group.clone(),
-                at: now(),
-                stream_seq,
-                ok,
-            });
-        }
-    }
-    let _ = c.close().await;
-    events
-}
-
 /// Sorts merged event buffers by time (stable), so the checker sees each message's events in the
 /// order they happened.
 pub fn merge(mut buffers: Vec<Vec<Event>>) -> Vec<Event> {
@@ -390,9 +380,11 @@ impl Event {
             | Event::Failed { at, .. }
             | Event::Received { at, .. }
             | Event::Acked { at, .. }
+            | Event::Rejected { at, .. }
+            | Event::DeadLettered { at, .. }
             | Event::Unreadable { at, .. } => *at,
             Event::Fault { start, .. } => *start,
-            Event::Sent { stamp, .. } => stamp.sent,
+            Event::Sent { at, .. } => *at,
         }
     }
 }

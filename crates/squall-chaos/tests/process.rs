@@ -77,7 +77,7 @@ async fn pause_stops_answers_and_resume_brings_them_back() {
     let addr = loopback(port);
     let mut p = ManagedProcess::start(child(port)).await.unwrap();
     assert!(answers(addr, T).await, "the started child answers");
-    p.pause().unwrap();
+    p.pause().await.unwrap();
     assert!(p.is_paused() && p.is_running());
     // The kernel still accepts the connection, but nobody reads it.
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -118,7 +118,7 @@ async fn kill9_crashes_it_and_restart_brings_up_a_new_process() {
         "nothing listens after kill -9"
     );
     assert!(
-        matches!(p.pause(), Err(ProcessError::NotRunning(_))),
+        matches!(p.pause().await, Err(ProcessError::NotRunning(_))),
         "no signal to a dead process"
     );
     p.restart().await.unwrap();
@@ -126,7 +126,7 @@ async fn kill9_crashes_it_and_restart_brings_up_a_new_process() {
     assert_eq!(p.starts(), 2);
     assert!(answers(addr, T).await, "the restarted process answers");
     // Restart also works on a paused process.
-    p.pause().unwrap();
+    p.pause().await.unwrap();
     p.restart().await.unwrap();
     assert!(answers(addr, T).await);
 }

@@ -21,9 +21,18 @@ pub struct Conn {
     json: bool,
 }
 
+/// `--server` as a URL: a bare `host:port` means `squall://host:port`.
+pub fn server_url(server: &str) -> String {
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("squall://{server}")
+    }
+}
+
 impl Conn {
     async fn connect(&self) -> anyhow::Result<Client> {
-        let mut config = ClientConfig::from_url(&self.server).context("--server")?;
+        let mut config = ClientConfig::from_url(&server_url(&self.server)).context("--server")?;
         config.name = "squall-cli".into();
         if let Some(t) = &self.token {
             config.token = Some(t.clone());

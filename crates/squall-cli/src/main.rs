@@ -2,22 +2,32 @@
 //!
 //! Each subcommand lives in its own module and exposes `Args` (its clap arguments) and
 //! `run(args, out)`. `main` only parses, sets up logging and turns the outcome into an exit code:
-//! 0 ok, 1 failure (the error chain is printed to stderr), 2 usage error (clap's default).
+//! 0 ok, 1 failure (the error chain is printed to stderr), 2 usage error (clap's default); `dlq`
+//! adds 3 and 4 (see [`dlq`]).
 //!
 //! | module | subcommand |
 //! |---|---|
 //! | [`info`] | `squall info`: version and backend capabilities |
 //! | [`serve`] | `squall serve`: the broker over TCP, with the admin HTTP API |
-//! | [`chaos`] | `squall chaos run`: a game day with a verdict (exit 1 when a criterion fails) |
+//! | [`chaos`] | `squall chaos run`: a game day with a verdict (exit 1 when a criterion fails); `squall chaos proxy`: the fault proxy |
 //! | [`client_cmds`] | `squall pub`, `sub`, `req`, `stats`: a client of `squall serve` |
+//! | [`dlq`] | `squall dlq ls`, `show`, `redrive`: dead letters of `squall serve` |
+//! | [`bench`] | `squall bench`: squall side by side with NATS and RabbitMQ; exit 3 busy machine, 4 a row failed |
+//! | [`certify`] | `squall certify --backend URL`: conformance, redelivery and a link cut, as one table |
+//! | [`backends`] | `--backend URL` → a connected backend, by scheme |
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backends;
+mod bench;
+mod certify;
+mod certify_faults;
 mod chaos;
 mod client_cmds;
+mod dlq;
 mod info;
 mod serve;
 
@@ -51,13 +61,21 @@ enum Command {
     /// The chaos lab: run game days and report what survived.
     #[command(subcommand)]
     Chaos(chaos::Chaos),
+    /// Dead letters: list, show, redrive.
+    #[command(subcommand)]
+    Dlq(dlq::Dlq),
+    /// The guarantee certificate of a backend: conformance suite, redelivery and a link cut.
+    Certify(certify::Args),
+    /// Benchmarks side by side with NATS JetStream and RabbitMQ (JSON, Markdown, HTML).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    // Not locked for the whole run: `certify` runs conformance cases on other threads, and
+    // they print their progress to stdout.
+    let mut out = io::stdout();
     let result = match cli.command {
         Command::Info(args) => info::run(&args, &mut out),
         Command::Serve(args) => serve::run(args),
@@ -70,6 +88,30 @@ fn main() -> ExitCode {
             Ok(false) => {
                 let _ = out.flush();
                 return ExitCode::FAILURE;
+            }
+            Err(e) => Err(e),
+        },
+        Command::Certify(args) => match certify::run(args, &mut out) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let _ = out.flush();
+                return ExitCode::from(1);
+            }
+            Err(e) => Err(e),
+        },
+        Command::Bench(args) => match bench::run(args, &mut out) {
+            Ok(0) => Ok(()),
+            Ok(code) => {
+                let _ = out.flush();
+                return ExitCode::from(code);
+            }
+            Err(e) => Err(e),
+        },
+        Command::Dlq(cmd) => match dlq::run_cmd(cmd, &mut out) {
+            Ok(0) => Ok(()),
+            Ok(code) => {
+                let _ = out.flush();
+                return ExitCode::from(code);
             }
             Err(e) => Err(e),
         },

@@ -1,5 +1,5 @@
 //! Dead letters: the reason text the runtime writes, and the library functions behind
-//! `squall dlq list | show | redrive`.
+//! `squall dlq ls | show | redrive`.
 //!
 //! ## How the runtime dead-letters
 //! When the [`crate::retry::RetryPolicy`] gives up (a permanent error, the last attempt, the
@@ -292,6 +292,21 @@ pub async fn redrive<B: Publisher + Subscriber + ?Sized>(
     rate: Option<u32>,
     dry_run: bool,
 ) -> Result<RedriveReport> {
+    redrive_matching(backend, dlq_subject, None, to, rate, dry_run).await
+}
+
+/// [`redrive`] through the view of `dlq_subject`, touching only dead letters whose subject
+/// `only` matches (all when `None`); the others are left in place and not reported. This is
+/// how several narrower patterns share one view (one group): redrive `dlq.orders.>` through
+/// `dlq.>` and a later [`list`] of `dlq.>` no longer shows what was redriven.
+pub async fn redrive_matching<B: Publisher + Subscriber + ?Sized>(
+    backend: &B,
+    dlq_subject: &str,
+    only: Option<&Pattern>,
+    to: Option<Subject>,
+    rate: Option<u32>,
+    dry_run: bool,
+) -> Result<RedriveReport> {
     if rate == Some(0) {
         return Err(Error::config(
             "dlq.redrive.rate",
@@ -319,6 +334,10 @@ pub async fn redrive<B: Publisher + Subscriber + ?Sized>(
             let Some(d) = next_or_idle(&mut c).await? else {
                 break;
             };
+            if only.is_some_and(|p| !p.matches(d.message().subject())) {
+                held.push(d);
+                continue;
+            }
             let looped = DeadLetter::read(d.message())
                 .ok()
                 .flatten()

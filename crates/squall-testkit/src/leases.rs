@@ -169,7 +169,6 @@ struct Hold {
 
 pub(crate) async fn no_two_holders(t: &Ctx<'_>) {
     let (n, ack_wait) = (6usize, t.timing.ack_wait);
-    let ids = t.publish_n("hold", "h", n).await;
     let log: Arc<Mutex<Vec<Hold>>> = Arc::default();
     let acked = Arc::new(AtomicUsize::new(0));
     let (done_tx, done_rx) = watch::channel(false);
@@ -227,6 +226,9 @@ pub(crate) async fn no_two_holders(t: &Ctx<'_>) {
             c
         }));
     }
+    // Published once both members are subscribed: a backend whose group queue only exists from
+    // the first subscription (RabbitMQ) sees every message too.
+    let ids = t.publish_n("hold", "h", n).await;
     let mut consumers = Vec::new();
     for m in members {
         consumers.push(join(m).await);

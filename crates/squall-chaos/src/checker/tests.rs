@@ -17,6 +17,7 @@ fn stamp(p: u32, seq: u64, at: u64) -> Stamp {
 fn sent(p: u32, seq: u64, at: u64, key: &str) -> Event {
     Event::Sent {
         stamp: stamp(p, seq, at),
+        at: t(at),
         key: Some(key.into()),
         delay: None,
     }
@@ -112,12 +113,13 @@ fn confirmed_but_never_delivered_is_lost_and_unconfirmed_delivery_is_not() {
 fn deliveries_after_an_ack_are_duplicates_split_by_stored_copy() {
     let ev = vec![
         sent(1, 1, 0, "k"),
-        confirmed(1, 1, 1, 7),
-        received(1, 1, 1, 2, 7),
-        received(1, 1, 1, 3, 7), // redelivery before ack: expected under faults
-        acked(1, 1, 1, 4, 7),
-        received(1, 1, 2, 5, 7), // same copy after its ack: an anomaly
-        received(1, 1, 2, 6, 9), // a second stored copy
+        confirmed(1, 1, 1, 1),
+        received(1, 1, 1, 2, 1),
+        received_attempt(1, 1, 3, 2), // redelivery before ack: expected under faults
+        received_attempt(1, 1, 4, 2), // the same attempt handed over twice
+        acked(1, 1, 1, 5, 1),
+        received_attempt(1, 1, 6, 3), // same copy redelivered after its ack: an anomaly
+        received(1, 1, 2, 7, 9),      // a second stored copy
     ];
     let f = check(&ev, &groups(), t(0));
     assert_eq!(
@@ -125,9 +127,10 @@ fn deliveries_after_an_ack_are_duplicates_split_by_stored_copy() {
             f.redeliveries,
             f.duplicates,
             f.redelivered_after_ack,
-            f.stored_twice
+            f.stored_twice,
+            f.delivered_twice
         ),
-        (1, 2, 1, 1)
+        (1, 3, 1, 1, 1)
     );
 }
 
@@ -149,6 +152,7 @@ fn overlapping_holders_corruption_and_early_delays_are_counted() {
     let mut ev = vec![
         Event::Sent {
             stamp: stamp(1, 1, 0),
+            at: t(0),
             key: None,
             delay: Some(Duration::from_secs(10)),
         },
@@ -234,5 +238,220 @@ fn phases_count_by_send_time_and_recovery_is_measured_from_healing() {
     assert_eq!(
         r.recovery, None,
         "the 20 lost messages keep the lag above baseline for good"
+    );
+}
+
+fn rejected(p: u32, seq: u64, at: u64, stream_seq: u64) -> Event {
+    Event::Rejected {
+        msg: (p, seq),
+        consumer: 1,
+        group: "g".into(),
+        at: t(at),
+        stream_seq,
+        ok: true,
+    }
+}
+fn dead(p: u32, seq: u64, at: u64, dlq_seq: u64) -> Event {
+    Event::DeadLettered {
+        msg: (p, seq),
+        group: "g".into(),
+        reason: "rejected".into(),
+        at: t(at),
+        origin_seq: seq,
+        dlq_seq,
+    }
+}
+fn received_attempt(p: u32, seq: u64, at: u64, attempt: u32) -> Event {
+    match received(p, seq, 1, at, seq) {
+        Event::Received {
+            msg,
+            consumer,
+            group,
+            at,
+            stream_seq,
+            published_at,
+            deadline,
+            intact,
+            ..
+        } => Event::Received {
+            msg,
+            consumer,
+            group,
+            at,
+            attempt,
+            stream_seq,
+            published_at,
+            deadline,
+            intact,
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn rejected_and_exhausted_messages_must_be_dead_lettered_exactly_once() {
+    let mut ev = Vec::new();
+    for seq in 1..=5 {
+        ev.push(sent(1, seq, 0, "k"));
+        ev.push(confirmed(1, seq, 1, seq));
+    }
+    // 1: rejected, dead-lettered once. 2: rejected, dead-lettered twice (two stored copies;
+    // the observer's redelivery of copy 10 is not a second copy). 3: rejected, never in the DLQ.
+    ev.extend([
+        received(1, 1, 1, 10, 1),
+        rejected(1, 1, 11, 1),
+        dead(1, 1, 12, 9),
+        received(1, 2, 1, 10, 2),
+        rejected(1, 2, 11, 2),
+        dead(1, 2, 12, 10),
+        dead(1, 2, 13, 10),
+        dead(1, 2, 14, 11),
+        received(1, 3, 1, 10, 3),
+        rejected(1, 3, 11, 3),
+    ]);
+    // 4: received at its last allowed attempt and never settled: must be dead-lettered; it is
+    // not. 5: never seen by the consumer, but dead-lettered: reached its group, not lost.
+    ev.extend([received_attempt(1, 4, 10, 3), dead(1, 5, 20, 12)]);
+    let f = check_with(&ev, &groups(), Some(3), t(0));
+    assert_eq!(f.rejected, 3);
+    assert_eq!(f.dead_lettered, 3, "messages 1, 2 and 5");
+    assert_eq!(f.dlq_duplicates, 1, "message 2 stored twice in the DLQ");
+    assert_eq!(f.dlq_missing, 2, "message 3 (rejected) and 4 (exhausted)");
+    assert_eq!(
+        f.dlq_missing_sample,
+        [("g".to_string(), 1, 3), ("g".to_string(), 1, 4)]
+    );
+    assert_eq!(f.lost, 0, "every message reached its group or its DLQ");
+
+    // Without a delivery limit an unsettled delivery is not expected in the DLQ.
+    assert_eq!(check(&ev, &groups(), t(0)).dlq_missing, 1);
+    // A settle after the last attempt clears the expectation.
+    ev.push(acked(1, 4, 1, 15, 4));
+    assert_eq!(check_with(&ev, &groups(), Some(3), t(0)).dlq_missing, 1);
+}
+
+#[test]
+fn unconfirmed_messages_are_accounted_for_or_counted() {
+    let ev = vec![
+        sent(1, 1, 0, "k"),
+        confirmed(1, 1, 1, 1),
+        sent(1, 2, 0, "k"),
+        Event::Failed {
+            msg: (1, 2),
+            at: t(5),
+            error: "unavailable".into(),
+        },
+        sent(1, 3, 0, "k"), // neither confirmed nor failed
+        received(1, 1, 1, 10, 1),
+        received(1, 2, 1, 11, 2), // failed at the producer, delivered anyway
+    ];
+    let f = check(&ev, &groups(), t(0));
+    assert_eq!(
+        (f.failed, f.unaccounted, f.unconfirmed_delivered),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn phases_count_deliveries_received_during_them_and_their_latency() {
+    let ev = vec![
+        Event::Phase {
+            name: "pre".into(),
+            at: t(0),
+        },
+        sent(1, 1, 100, "k"),
+        confirmed(1, 1, 110, 1),
+        Event::Phase {
+            name: "during".into(),
+            at: t(1000),
+        },
+        sent(1, 2, 1100, "k"),
+        confirmed(1, 2, 1110, 2),
+        received(1, 1, 1, 1200, 1), // sent in pre, received during: 1.1 s
+        Event::Phase {
+            name: "post".into(),
+            at: t(2000),
+        },
+        received(1, 2, 1, 2100, 2), // sent during, received in post: 1 s
+    ];
+    let f = check(&ev, &groups(), t(0));
+    let got: Vec<_> = f
+        .phases
+        .iter()
+        .map(|p| (p.name.as_str(), p.sent, p.delivered, p.received))
+        .collect();
+    assert_eq!(
+        got,
+        [("pre", 1, 1, 0), ("during", 1, 1, 1), ("post", 0, 0, 1)]
+    );
+    assert!(
+        (f.phases[0].p99_ms - 1100.0).abs() < 2.0,
+        "{:?}",
+        f.phases[0]
+    );
+    assert!(
+        (f.phases[1].p99_ms - 1000.0).abs() < 2.0,
+        "{:?}",
+        f.phases[1]
+    );
+    assert_eq!(
+        f.phases[2].delivered_fraction, 1.0,
+        "nothing sent: nothing missing"
+    );
+}
+
+#[test]
+fn every_fault_window_gets_a_recovery_entry_and_chains_are_measured_at_their_end() {
+    let mut ev = vec![Event::Phase {
+        name: "base".into(),
+        at: t(0),
+    }];
+    let mut seq = 0;
+    for s in 0..12u64 {
+        for i in 0..10 {
+            seq += 1;
+            let at = s * 1000 + i * 100;
+            ev.push(sent(1, seq, at, "k"));
+            ev.push(confirmed(1, seq, at + 1, seq));
+            // Degraded from 2 s to 6 s: deliveries stall and arrive in a burst at 6.5 s.
+            let when = if (2..6).contains(&s) { 6_500 } else { at + 2 };
+            ev.push(received(1, seq, 1, when, seq));
+        }
+    }
+    for (name, from, to) in [("slow", 2000, 4000), ("slower", 4000, 6000)] {
+        ev.push(Event::Fault {
+            name: name.into(),
+            start: t(from),
+            end: Some(t(to)),
+        });
+    }
+    ev.push(Event::Fault {
+        name: "stuck".into(),
+        start: t(11_000),
+        end: None,
+    });
+    ev.sort_by_key(Event::time);
+    let f = check(&ev, &groups(), t(0));
+    let r: Vec<_> = f
+        .recoveries
+        .iter()
+        .map(|r| (r.fault.as_str(), r.judged(), r.note.clone()))
+        .collect();
+    assert_eq!(
+        r,
+        [
+            ("slow", false, Some("followed by slower".to_string())),
+            ("slower", true, None),
+            (
+                "stuck",
+                false,
+                Some("still active at the end of the run".to_string())
+            ),
+        ]
+    );
+    assert_eq!(
+        f.recoveries[1].recovery,
+        Some(Duration::from_secs(1)),
+        "the burst at 6.5 s clears the lag within the second after healing"
     );
 }

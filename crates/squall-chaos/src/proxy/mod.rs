@@ -63,7 +63,8 @@ impl Direction {
     fn covers(self, flow: Direction) -> bool {
         self == Direction::Both || self == flow
     }
-    fn as_str(self) -> &'static str {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Direction::Upstream => "upstream",
             Direction::Downstream => "downstream",
@@ -72,9 +73,9 @@ impl Direction {
     }
 }
 
-/// What a proxy fault does; see the table in the module docs.
+/// What a proxy fault does; see the table in the module docs. Unknown keys are refused by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FaultKind {
     /// Delay every chunk.
     Latency {
@@ -141,7 +142,8 @@ impl ProxyFault {
         self
     }
 
-    fn validate(&self) -> Result<(), ProxyError> {
+    /// Checks the name and the parameters (what [`ProxyHandle::add_fault`] refuses).
+    pub fn validate(&self) -> Result<(), ProxyError> {
         let bad = |m: &str| Err(ProxyError::Invalid(format!("fault `{}`: {m}", self.name)));
         match self.kind {
             _ if self.name.is_empty() => bad("a fault needs a name"),

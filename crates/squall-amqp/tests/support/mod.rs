@@ -1,0 +1,197 @@
+//! Shared by the adapter's tests: the broker URL (from `SQUALL_AMQP_URL`), unique exchange names,
+//! a conformance [`Harness`], and cleanup of everything a test declared.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use squall_amqp::{AmqpBackend, AmqpConfig};
+use squall_core::{Backend, Capabilities, Result};
+use squall_testkit::{Harness, Timing};
+
+/// `SQUALL_AMQP_URL`, or `None` with a printed notice when it is unset; unset under
+/// `SQUALL_REQUIRE_PEERS=1` fails the test.
+pub fn amqp_url() -> Option<String> {
+    match std::env::var("SQUALL_AMQP_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
+                "SQUALL_AMQP_URL is unset and SQUALL_REQUIRE_PEERS=1"
+            );
+            println!("SKIP: SQUALL_AMQP_URL is unset; not testing the RabbitMQ adapter");
+            None
+        }
+    }
+}
+
+/// A fresh exchange name: `squall.t.<label>.<8 hex>`.
+pub fn unique_exchange(label: &str) -> String {
+    let s = uuid::Uuid::now_v7().simple().to_string();
+    format!("squall.t.{label}.{}", &s[s.len() - 8..])
+}
+
+/// `base` with adapter options appended.
+pub fn with_options(base: &str, options: &str) -> String {
+    if options.is_empty() {
+        return base.to_string();
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}{options}")
+}
+
+/// One test's RabbitMQ: a unique exchange, the handles opened on it, and cleanup on drop of
+/// every exchange and durable queue they declared (plus any named with [`Scope::also_delete`]).
+pub struct Scope {
+    pub base: String,
+    pub exchange: String,
+    pub url: String,
+    backends: Mutex<Vec<AmqpBackend>>,
+    extra_queues: Mutex<Vec<String>>,
+}
+
+impl Scope {
+    /// A scope for `label` with extra adapter `options` (`key=value&...`).
+    pub fn new(base: &str, label: &str, options: &str) -> Scope {
+        let exchange = unique_exchange(label);
+        let mut opts = format!("exchange={exchange}");
+        if !options.is_empty() {
+            opts.push('&');
+            opts.push_str(options);
+        }
+        Scope {
+            base: base.to_string(),
+            url: with_options(base, &opts),
+            exchange,
+            backends: Mutex::new(Vec::new()),
+            extra_queues: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn config(&self) -> AmqpConfig {
+        AmqpConfig::from_url(&self.url).expect("test URL")
+    }
+
+    /// A new handle (a new connection).
+    pub async fn backend(&self) -> Result<AmqpBackend> {
+        let b = AmqpBackend::connect_url(&self.url).await?;
+        self.backends.lock().unwrap().push(b.clone());
+        Ok(b)
+    }
+
+    /// Deletes `queue` too when the scope ends.
+    pub fn also_delete(&self, queue: &str) {
+        self.extra_queues.lock().unwrap().push(queue.to_string());
+    }
+
+    /// A plain AMQP connection, as another client would have.
+    pub async fn plain(&self) -> Connection {
+        Connection::connect(&self.base, ConnectionProperties::default())
+            .await
+            .expect("plain AMQP connection")
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let mut queues: Vec<String> = self.extra_queues.lock().unwrap().drain(..).collect();
+        let mut exchanges = vec![self.exchange.clone(), format!("{}.delay", self.exchange)];
+        for b in self.backends.lock().unwrap().drain(..) {
+            let d = b.declared();
+            queues.extend(d.queues);
+            exchanges.extend(d.exchanges);
+        }
+        queues.sort();
+        queues.dedup();
+        exchanges.sort();
+        exchanges.dedup();
+        let base = self.base.clone();
+        // Drop cannot await: delete from a thread with its own runtime.
+        let cleaner = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                let Ok(conn) = Connection::connect(&base, ConnectionProperties::default()).await
+                else {
+                    eprintln!("cleanup: cannot connect to delete {queues:?}");
+                    return;
+                };
+                for q in &queues {
+                    if let Ok(ch) = conn.create_channel().await
+                        && let Err(e) = ch
+                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await
+                    {
+                        eprintln!("cleanup: deleting queue {q}: {e}");
+                    }
+                }
+                for x in &exchanges {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "cleanup".into()).await;
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// The conformance harness: one [`Scope`] per case (so one exchange per case), a new
+/// connection per `backend()` call, and no restart (the machine's RabbitMQ is shared).
+pub struct AmqpHarness {
+    pub scope: Scope,
+    caps: Capabilities,
+}
+
+impl AmqpHarness {
+    pub fn new(base: &str, label: &str, options: &str) -> Self {
+        let scope = Scope::new(base, label, options);
+        let caps = squall_amqp::capabilities(&scope.config());
+        AmqpHarness { scope, caps }
+    }
+}
+
+#[async_trait]
+impl Harness for AmqpHarness {
+    fn name(&self) -> String {
+        "amqp".into()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+
+    async fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(self.scope.backend().await?))
+    }
+
+    async fn restart(&self) -> Result<Option<Arc<dyn Backend>>> {
+        // The broker is shared with other engineers and tests: it is never restarted here.
+        Ok(None)
+    }
+
+    fn timing(&self) -> Timing {
+        Timing::real()
+    }
+}
+
+/// Waits up to `limit` for `cond`, checking every 20 ms.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}

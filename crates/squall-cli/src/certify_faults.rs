@@ -1,0 +1,291 @@
+//! The fault part of `squall certify`: a short keyed workload through the chaos lab's TCP fault
+//! proxy, with the link cut mid-run.
+//!
+//! A producer publishes `n` messages over 8 keys through the proxy (each key's messages one
+//! after the other; a failed send or confirm is retried with the same message id, so backends
+//! with deduplication can drop the copy); one consumer in a durable group receives and acks them,
+//! also through the proxy. Once a third is confirmed the proxy goes down (every connection
+//! closed, new ones refused) for 2 s, then up again. At the end every confirmed message must
+//! have been received: the figures are what a user of this backend would have seen.
+//!
+//! Kept apart from the chaos lab's scenario runner on purpose: it is a fixed, short probe that
+//! any URL can take, and its figures go into one table row each.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use squall_chaos::proxy::Proxy;
+use squall_core::{Message, Subject, Subscription};
+use tokio::sync::Mutex;
+
+use crate::backends;
+
+const KEYS: u64 = 8;
+const OUTAGE: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the fault scenario observed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultFigures {
+    /// Messages the producer offered.
+    pub offered: u64,
+    /// Confirmed by the backend.
+    pub confirmed: u64,
+    /// Confirmed but never received: lost.
+    pub lost: u64,
+    /// Deliveries beyond the first of a message.
+    pub duplicates: u64,
+    /// First deliveries that came after a later message of the same key.
+    pub reorders: u64,
+    /// From the link coming back to the first confirmed publish and the first delivery after
+    /// it, whichever is later; `None` when nothing was sent or received after the link came
+    /// back (everything had been sent, or the backend never recovered).
+    pub recovery_ms: Option<u64>,
+}
+
+/// Adds the fault rows to the certificate table.
+pub fn rows(row: &mut impl FnMut(&str, &dyn Fn(&crate::certify::Certificate) -> String)) {
+    let fig = |c: &crate::certify::Certificate, f: &dyn Fn(&FaultFigures) -> String| {
+        c.faults.as_ref().map(f).unwrap_or_else(|| "—".into())
+    };
+    row("link cut 2 s: confirmed / lost", &|c| {
+        fig(c, &|f| format!("{} / {}", f.confirmed, f.lost))
+    });
+    row("link cut 2 s: duplicate rate", &|c| {
+        fig(c, &|f| {
+            let rate = f.duplicates as f64 / f.confirmed.max(1) as f64 * 100.0;
+            format!("{rate:.2} %")
+        })
+    });
+    row("link cut 2 s: per-key order violations", &|c| {
+        fig(c, &|f| f.reorders.to_string())
+    });
+    row("link cut 2 s: recovery", &|c| {
+        fig(c, &|f| {
+            f.recovery_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| {
+                "not observed: nothing sent or received after the link came back".into()
+            })
+        })
+    });
+}
+
+/// `url` with its `host:port` replaced by `to`.
+pub fn via(url: &str, to: SocketAddr) -> anyhow::Result<(String, String)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .with_context(|| format!("no scheme in {}", backends::redact(url)))?;
+    let (auth, rest) = match rest.split_once('@') {
+        Some((a, r)) => (format!("{a}@"), r),
+        None => (String::new(), rest),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(end);
+    anyhow::ensure!(
+        !host.is_empty() && !host.contains(','),
+        "the fault scenario needs one host:port in {}",
+        backends::redact(url)
+    );
+    Ok((format!("{scheme}://{auth}{to}{tail}"), host.to_string()))
+}
+
+#[derive(Default)]
+struct Seen {
+    received: HashMap<String, u64>,
+    last_seq: HashMap<u64, u64>,
+    reorders: u64,
+    first_after_up: Option<Instant>,
+}
+
+/// Runs the probe against `url`.
+pub async fn run(url: &str, n: u64) -> anyhow::Result<FaultFigures> {
+    let (_, upstream) = via(url, "127.0.0.1:1".parse()?)?;
+    let proxy = Proxy::new("127.0.0.1:0".parse()?, upstream)
+        .name("certify")
+        .spawn()
+        .await
+        .context("starting the fault proxy")?;
+    let (proxied, _) = via(url, proxy.listen_addr())?;
+    let result = workload(&proxied, n, &proxy).await;
+    proxy.stop().await;
+    result
+}
+
+async fn workload(
+    url: &str,
+    n: u64,
+    proxy: &squall_chaos::proxy::ProxyHandle,
+) -> anyhow::Result<FaultFigures> {
+    let backend = backends::connect(url).await?;
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let subject = |k: u64| Subject::new(format!("certify.{tag}.keys.k{k}"));
+    let caps = backend.capabilities();
+    let mut sub = Subscription::new(format!("certify.{tag}.keys.*"))?
+        .group(format!("certify{tag}"))?
+        .durable(caps.durable_groups.available())
+        .ordered_by_key(caps.key_ordering.available());
+    if caps.redelivery.available() {
+        sub = sub.ack_wait(Duration::from_secs(3)).max_deliveries(100);
+    }
+    let mut consumer = backend.subscribe(sub).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let healed = Arc::new(Mutex::new(None::<Instant>));
+    let done = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (seen, healed, done, received) =
+            (seen.clone(), healed.clone(), done.clone(), received.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let d =
+                    match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                        Err(_) | Ok(Some(Err(_))) => continue,
+                        Ok(None) => break,
+                        Ok(Some(Ok(d))) => d,
+                    };
+                let id = d.message().id().to_string();
+                let key_seq = parse(d.message().payload());
+                {
+                    let mut s = seen.lock().await;
+                    let count = s.received.entry(id).or_insert(0);
+                    *count += 1;
+                    if *count == 1 {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        if let Some((k, seq)) = key_seq {
+                            let last = s.last_seq.get(&k).copied().unwrap_or(0);
+                            if seq < last {
+                                s.reorders += 1;
+                            }
+                            s.last_seq.insert(k, last.max(seq));
+                        }
+                    }
+                    if s.first_after_up.is_none() && healed.lock().await.is_some() {
+                        s.first_after_up = Some(Instant::now());
+                    }
+                }
+                let _ = d.ack().await;
+            }
+            let _ = consumer.close().await;
+        })
+    };
+    let started = Instant::now();
+    let confirmed_count = Arc::new(AtomicU64::new(0));
+    let after_up = Arc::new(Mutex::new(None::<Instant>));
+    let mut producers = tokio::task::JoinSet::new();
+    for key in 0..KEYS {
+        let (b, healed, after_up, count) = (
+            backend.clone(),
+            healed.clone(),
+            after_up.clone(),
+            confirmed_count.clone(),
+        );
+        let msgs = (0..n)
+            .filter(|i| i % KEYS == key)
+            .map(|i| {
+                Ok(Message::builder(subject(key)?.as_str())?
+                    .id(format!("{tag}-{i}"))?
+                    .key(format!("k{key}"))?
+                    .payload(format!("{key}:{}", i / KEYS))
+                    .build())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // One key's messages one after the other: a retry never overtakes, so the order the
+        // consumer sees is the broker's.
+        producers.spawn(async move {
+            let mut ok = Vec::new();
+            'next: for msg in msgs {
+                while started.elapsed() < TIMEOUT {
+                    if b.publish(msg.clone()).await.is_ok() {
+                        ok.push(msg.id().to_string());
+                        count.fetch_add(1, Ordering::Relaxed);
+                        if healed.lock().await.is_some() {
+                            after_up.lock().await.get_or_insert_with(Instant::now);
+                        }
+                        continue 'next;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                break;
+            }
+            ok
+        });
+    }
+    while confirmed_count.load(Ordering::Relaxed) < n / 3 && started.elapsed() < TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.down().await;
+    tokio::time::sleep(OUTAGE).await;
+    proxy.up().await.context("bringing the proxy back up")?;
+    *healed.lock().await = Some(Instant::now());
+    let mut confirmed: HashSet<String> = HashSet::new();
+    while let Some(r) = producers.join_next().await {
+        confirmed.extend(r?);
+    }
+    let first_confirm_after_up = *after_up.lock().await;
+    // Drain: until every confirmed message arrived, or nothing new for 10 s.
+    let mut last = (received.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let now = received.load(Ordering::Relaxed);
+        let have_all = {
+            let s = seen.lock().await;
+            confirmed.iter().all(|id| s.received.contains_key(id))
+        };
+        if have_all || last.1.elapsed() > Duration::from_secs(10) || started.elapsed() > TIMEOUT {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = reader.await;
+    let _ = backend.close().await;
+    let s = seen.lock().await;
+    let healed = *healed.lock().await;
+    let recovery = healed.and_then(|h| {
+        let c = first_confirm_after_up?;
+        let d = s.first_after_up?;
+        Some(c.max(d).saturating_duration_since(h).as_millis() as u64)
+    });
+    Ok(FaultFigures {
+        offered: n,
+        confirmed: confirmed.len() as u64,
+        lost: confirmed
+            .iter()
+            .filter(|id| !s.received.contains_key(*id))
+            .count() as u64,
+        duplicates: s.received.values().map(|c| c - 1).sum(),
+        reorders: s.reorders,
+        recovery_ms: recovery,
+    })
+}
+
+fn parse(payload: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let (k, seq) = s.split_once(':')?;
+    Some((k.parse().ok()?, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_takes_the_place_of_host_and_port() {
+        let to: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        let (u, host) = via("amqp://guest:guest@127.0.0.1:5672/%2f", to).unwrap();
+        assert_eq!(u, "amqp://guest:guest@127.0.0.1:9999/%2f");
+        assert_eq!(host, "127.0.0.1:5672");
+        let (u, _) = via("sqs://127.0.0.1:4566?region=us-east-1", to).unwrap();
+        assert_eq!(u, "sqs://127.0.0.1:9999?region=us-east-1");
+        let (u, _) = via("nats://127.0.0.1:4222", to).unwrap();
+        assert_eq!(u, "nats://127.0.0.1:9999");
+        assert!(via("kafka://a:1,b:2", to).is_err());
+        assert!(via("no-scheme", to).is_err());
+    }
+}

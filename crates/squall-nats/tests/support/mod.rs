@@ -1,0 +1,198 @@
+//! Shared by the adapter's tests: the server URL (from `SQUALL_NATS_URL`), a conformance
+//! [`Harness`] over core NATS or JetStream, and deletion of every stream a test used.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use squall_core::{Backend, Capabilities, Result};
+use squall_nats::{NatsBackend, NatsConfig};
+use squall_testkit::{Harness, Timing};
+
+/// `SQUALL_NATS_URL`, or `None` with a printed notice when it is unset; unset under
+/// `SQUALL_REQUIRE_PEERS=1` fails the test.
+pub fn nats_url() -> Option<String> {
+    match std::env::var("SQUALL_NATS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
+                "SQUALL_NATS_URL is unset and SQUALL_REQUIRE_PEERS=1"
+            );
+            println!("SKIP: SQUALL_NATS_URL is unset; not testing the NATS adapter");
+            None
+        }
+    }
+}
+
+/// `base` with adapter options appended.
+pub fn with_options(base: &str, options: &str) -> String {
+    if options.is_empty() {
+        return base.to_string();
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}{options}")
+}
+
+/// Eight random hex characters.
+pub fn tag() -> String {
+    let s = uuid::Uuid::now_v7().simple().to_string();
+    s[s.len() - 8..].to_string()
+}
+
+/// The options JetStream tests use: streams derived from the first three subject tokens
+/// (`t.<case>.<tag>`), so every test has streams of its own.
+pub const JS_TEST_OPTIONS: &str = "jetstream=1&stream_depth=3&stream_prefix=sqtest";
+
+/// One test's NATS: the handles it opened, and on drop the deletion of every stream they used.
+pub struct Scope {
+    pub base: String,
+    pub url: String,
+    backends: Mutex<Vec<NatsBackend>>,
+    extra_streams: Mutex<Vec<String>>,
+}
+
+impl Scope {
+    pub fn new(base: &str, options: &str) -> Scope {
+        Scope {
+            base: base.to_string(),
+            url: with_options(base, options),
+            backends: Mutex::new(Vec::new()),
+            extra_streams: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn config(&self) -> NatsConfig {
+        NatsConfig::from_url(&self.url).expect("test URL")
+    }
+
+    /// A new handle (a new connection).
+    pub async fn backend(&self) -> Result<NatsBackend> {
+        let b = NatsBackend::connect_url(&self.url).await?;
+        self.backends.lock().unwrap().push(b.clone());
+        Ok(b)
+    }
+
+    /// Deletes `stream` too when the scope ends.
+    pub fn also_delete(&self, stream: &str) {
+        self.extra_streams.lock().unwrap().push(stream.to_string());
+    }
+
+    /// A plain async-nats connection, as another client would have.
+    pub async fn plain(&self) -> async_nats::Client {
+        let addr = NatsConfig::from_url(&self.base).expect("base URL").server;
+        async_nats::connect(addr)
+            .await
+            .expect("plain NATS connection")
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let mut streams: Vec<String> = self.extra_streams.lock().unwrap().drain(..).collect();
+        for b in self.backends.lock().unwrap().drain(..) {
+            streams.extend(b.streams());
+        }
+        streams.sort();
+        streams.dedup();
+        if streams.is_empty() {
+            return;
+        }
+        let addr = NatsConfig::from_url(&self.base).expect("base URL").server;
+        // Drop cannot await: delete from a thread with its own runtime.
+        let cleaner = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                let Ok(client) = async_nats::connect(addr).await else {
+                    eprintln!("cleanup: cannot connect to delete {streams:?}");
+                    return;
+                };
+                let js = async_nats::jetstream::new(client);
+                for s in &streams {
+                    if let Err(e) = js.delete_stream(s).await {
+                        eprintln!("cleanup: deleting stream {s}: {e}");
+                    }
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// The conformance harness: one [`Scope`] per case, a new connection per `backend()` call, no
+/// restart (the machine's NATS server is shared).
+pub struct NatsHarness {
+    pub scope: Scope,
+    name: String,
+    caps: Capabilities,
+}
+
+impl NatsHarness {
+    pub fn new(base: &str, options: &str, name: &str) -> Self {
+        let scope = Scope::new(base, options);
+        let caps = squall_nats::capabilities(&scope.config());
+        NatsHarness {
+            scope,
+            name: name.to_string(),
+            caps,
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for NatsHarness {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+
+    async fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(self.scope.backend().await?))
+    }
+
+    async fn restart(&self) -> Result<Option<Arc<dyn Backend>>> {
+        // The server is shared with other engineers and tests: never restarted here (see
+        // tests/restart.rs for a private server that is).
+        Ok(None)
+    }
+
+    fn timing(&self) -> Timing {
+        Timing::real()
+    }
+}
+
+/// Waits until the server processed everything `client` sent (its `flush` only empties the
+/// socket buffer): a message to a private inbox returns only after what preceded it.
+pub async fn round_trip(client: &async_nats::Client) {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .expect("publish");
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("round trip within 5 s")
+        .expect("connection open");
+}
+
+/// Waits up to `limit` for `cond`, checking every 20 ms.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
