@@ -173,3 +173,38 @@ async fn confirmed_messages_survive_sigkill_of_the_server() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Two servers over one data directory would corrupt each other's segments: the second one must
+/// refuse to start, exit non-zero and name the directory and the first server's PID.
+#[test]
+fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path(), free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_squall"))
+        .args([
+            "serve",
+            "--admin",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("running a second squall serve");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the second server must fail: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("is in use by process {}", first.id())),
+        "the error names the holder's PID: {stderr}"
+    );
+    assert!(
+        stderr.contains(&dir.path().display().to_string()),
+        "the error names the directory: {stderr}"
+    );
+}

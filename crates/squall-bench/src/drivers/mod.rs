@@ -82,6 +82,11 @@ pub trait Driver: Send {
     fn fsyncs(&self) -> Option<u64> {
         None
     }
+    /// At-most-once delivery: the broker may drop messages for a slow consumer (core NATS).
+    /// The runner then counts what arrived instead of waiting for every message.
+    fn lossy(&self) -> bool {
+        false
+    }
     /// Fresh queues/streams for one repetition (unique names), created before any receiver.
     async fn prepare(&mut self) -> Result<()>;
     /// A producer on the current topology.

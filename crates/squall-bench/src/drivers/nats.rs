@@ -201,6 +201,10 @@ impl Driver for Nats {
         self.endpoint.pid()
     }
 
+    fn lossy(&self) -> bool {
+        !self.js()
+    }
+
     async fn prepare(&mut self) -> Result<()> {
         self.cleanup().await?;
         let id = super::unique("bench").replace('-', "_");

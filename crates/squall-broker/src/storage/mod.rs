@@ -100,6 +100,16 @@ pub enum StorageError {
         /// The limit.
         limit: usize,
     },
+    /// Another storage (in this or another process) holds the data directory.
+    #[error(
+        "data directory {dir} is in use by {holder}: stop that broker, or choose another data directory"
+    )]
+    Locked {
+        /// The data directory.
+        dir: String,
+        /// Who holds it, as known (`process 4242`, or `another process`).
+        holder: String,
+    },
     /// Saved metadata could not be read.
     #[error("invalid metadata {what}: {detail}")]
     Metadata {

@@ -2,6 +2,7 @@
 //!
 //! ## Layout
 //! ```text
+//! <dir>/LOCK                                      held (flock) while a storage is open; its PID
 //! <dir>/streams/<stream>/meta                     the stream's saved metadata (atomic rewrite)
 //! <dir>/streams/<stream>/00000000000000000001.seg records from sequence 1
 //! <dir>/streams/<stream>/00000000000000052001.idx sparse index of a sealed segment (a cache)
@@ -175,6 +176,49 @@ pub struct LogStorage {
     /// Streams opened in this process. A stream is opened once: every `open_stream` returns the
     /// same store, so one writer owns each directory.
     open: Mutex<HashMap<String, Arc<LogStream>>>,
+    /// The data directory's lock, held while the storage lives (dropped last: streams close
+    /// first, in `Drop`).
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive lock on `<dir>/LOCK` and writes this process's PID into it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StorageError::io("open", path.display(), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let holder = match pid.trim().parse::<u32>() {
+                Ok(p) if p == std::process::id() => format!("this process (PID {p})"),
+                Ok(p) => format!("process {p}"),
+                Err(_) => "another process".to_string(),
+            };
+            return Err(StorageError::Locked {
+                dir: dir.display().to_string(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StorageError::io("lock", path.display(), e));
+        }
+    }
+    // Advisory only: the flock is the lock; the PID names the holder in the error above.
+    let pid = std::process::id().to_string();
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()));
+    written.map_err(|e| StorageError::io("write", path.display(), e))?;
+    Ok(file)
 }
 
 impl std::fmt::Debug for LogStorage {
@@ -238,11 +282,14 @@ impl LogStorage {
     /// Opens (creating if needed) the storage in `dir`. Streams are recovered when first opened
     /// with [`Storage::open_stream`].
     ///
-    /// One process must own `dir`: two storages over the same directory corrupt each other.
+    /// One storage owns `dir`: it holds an exclusive lock on `<dir>/LOCK` (flock, released when
+    /// the storage is dropped or its process dies, kill -9 included), and a second open, in this
+    /// process or another, fails with [`StorageError::Locked`] naming the holder's PID.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Arc<LogStorage>, StorageError> {
         let streams_dir = dir.as_ref().join("streams");
         std::fs::create_dir_all(&streams_dir)
             .map_err(|e| StorageError::io("create", streams_dir.display(), e))?;
+        let lock_file = lock_dir(dir.as_ref())?;
         // A deletion interrupted by a crash: finish it.
         let entries = std::fs::read_dir(&streams_dir)
             .map_err(|e| StorageError::io("list", streams_dir.display(), e))?;
@@ -258,6 +305,7 @@ impl LogStorage {
             config,
             io,
             open: Mutex::new(HashMap::new()),
+            _lock: lock_file,
         }))
     }
 

@@ -289,3 +289,34 @@ fn too_large_records_are_refused_without_using_a_sequence() {
     ));
     assert_eq!(s.append(Timestamp(1), &msg(1, 10)).unwrap().0, 1);
 }
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = LogStorage::open(dir.path(), LogConfig::default()).unwrap();
+    first.open_stream("orders", b"m").unwrap();
+    let Err(err) = LogStorage::open(dir.path(), LogConfig::default()) else {
+        panic!("two storages over one directory must not both open");
+    };
+    match &err {
+        StorageError::Locked { dir: d, holder } => {
+            assert_eq!(d, &dir.path().display().to_string());
+            assert_eq!(
+                holder,
+                &format!("this process (PID {})", std::process::id())
+            );
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("in use by this process"),
+        "the message names the holder: {err}"
+    );
+    drop(first);
+    let again = LogStorage::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(
+        again.streams().unwrap(),
+        vec![("orders".to_string(), b"m".to_vec())],
+        "reopened after the first storage was dropped"
+    );
+}
