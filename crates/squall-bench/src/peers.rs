@@ -148,6 +148,8 @@ pub struct SquallServe {
     pub proc_: Owned,
     /// Its client listener.
     pub addr: SocketAddr,
+    /// Its admin API (`/metrics`).
+    pub admin: SocketAddr,
     exe: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -158,12 +160,13 @@ impl SquallServe {
     pub async fn start(exe: &Path, sync: &str, dir: &Path) -> Result<SquallServe> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut args = vec![
             "serve".to_string(),
             "--listen".into(),
             addr.to_string(),
             "--admin".into(),
-            "off".into(),
+            admin.to_string(),
             "--sync".into(),
             sync.into(),
         ];
@@ -175,12 +178,31 @@ impl SquallServe {
         let mut s = SquallServe {
             proc_: Owned::spawn("squall serve", Self::command(exe, &args), &log)?,
             addr,
+            admin,
             exe: exe.to_path_buf(),
             args,
             log,
         };
         wait_port(&mut s.proc_, addr, Duration::from_secs(20)).await?;
         Ok(s)
+    }
+
+    /// fdatasyncs of message data so far (`squall_storage_fsyncs_total` on `/metrics`); `None`
+    /// when the admin API does not answer within a second.
+    pub fn fsyncs(&self) -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let total = text
+            .lines()
+            .filter(|l| l.starts_with("squall_storage_fsyncs_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        Some(total as u64)
     }
 
     fn command(exe: &Path, args: &[String]) -> Command {

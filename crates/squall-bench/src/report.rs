@@ -291,10 +291,6 @@ impl Row {
             row.notes
                 .push("in-process: the broker's CPU is in client_cpu_secs (one process)".into());
         }
-        if target == Target::SquallServe {
-            row.notes
-                .push("fsync count not observable: squall serve exports no fsync metric".into());
-        }
         row
     }
 }

@@ -371,6 +371,14 @@ impl Driver for Served {
         self.server.as_ref().and_then(|s| s.proc_.pid())
     }
 
+    /// From the server's `/metrics` (its admin API on a loopback port of its own).
+    fn fsyncs(&self) -> Option<u64> {
+        if self.case.durability == Durability::None {
+            return None;
+        }
+        self.server.as_ref()?.fsyncs()
+    }
+
     async fn prepare(&mut self) -> Result<()> {
         self.cleanup().await?;
         let dir = tempfile::tempdir_in(&self.scratch)

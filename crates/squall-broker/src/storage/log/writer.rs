@@ -247,6 +247,13 @@ struct Job {
 }
 
 /// `floor_saved`: the retention floor as the floor file holds it.
+/// Metric: fdatasyncs of segment data (`mode` = fsync | buffered).
+pub(crate) const FSYNCS: &str = "squall_storage_fsyncs_total";
+/// Metric: seconds one sync job took (fdatasync of the segments it covers).
+pub(crate) const FSYNC_SECONDS: &str = "squall_storage_fsync_seconds";
+/// Metric: messages made durable by one sync job (the group-commit batch).
+pub(crate) const FSYNC_BATCH: &str = "squall_storage_fsync_batch_messages";
+
 fn run_syncer(sh: Arc<Shared>, mut floor_saved: u64) {
     let interval = sh.settings.interval;
     let fsync = sh.settings.sync == SyncMode::Fsync;
@@ -293,7 +300,16 @@ fn run_syncer(sh: Arc<Shared>, mut floor_saved: u64) {
                 ticket: q.requested,
             }
         };
+        let started = std::time::Instant::now();
         let result = run_job(&sh, &job, &mut floor_saved);
+        if !job.files.is_empty() {
+            let batch = job.upto.saturating_sub(sh.lock().synced);
+            let mode = if fsync { "fsync" } else { "buffered" };
+            metrics::counter!(FSYNCS, "mode" => mode).increment(1);
+            metrics::histogram!(FSYNC_SECONDS, "mode" => mode)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!(FSYNC_BATCH, "mode" => mode).record(batch as f64);
+        }
         if let Err(e) = &result
             && !matches!(e, StorageError::Poisoned { .. })
         {
