@@ -21,6 +21,7 @@
 //! | `max_unconfirmed` | `4096` | publishes awaiting their confirm per handle; `send` waits beyond it |
 //! | `reconnect_min`, `reconnect_max` | `100ms`, `10s` | bounds of the exponential reconnect backoff (full jitter) |
 //! | `close_timeout` | `10s` | how long `close` waits for outstanding confirms |
+//! | `confirm_timeout` | `30s` | how long one publish waits for its confirm before failing with `Timeout` (outcome unknown) |
 //! | `heartbeat`, `connection_timeout`, `channel_max`, `frame_max`, `auth_mechanism` | RabbitMQ's | passed to the AMQP client unchanged |
 //!
 //! Durations are written with a unit: `250ms`, `5s`, `2m`, `1h`. Unknown options are refused, so a
@@ -115,6 +116,8 @@ pub struct AmqpConfig {
     pub reconnect_max: Duration,
     /// How long `close` waits for confirms.
     pub close_timeout: Duration,
+    /// How long one publish waits for its confirm.
+    pub confirm_timeout: Duration,
 }
 
 impl fmt::Debug for AmqpConfig {
@@ -134,6 +137,7 @@ impl fmt::Debug for AmqpConfig {
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("close_timeout", &self.close_timeout)
+            .field("confirm_timeout", &self.confirm_timeout)
             .finish()
     }
 }
@@ -181,6 +185,7 @@ impl AmqpConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             close_timeout: Duration::from_secs(10),
+            confirm_timeout: Duration::from_secs(30),
         };
         let mut passed = Vec::new();
         for (k, v) in url.query_pairs() {
@@ -213,6 +218,7 @@ impl AmqpConfig {
                 "reconnect_min" => cfg.reconnect_min = duration(k, v)?,
                 "reconnect_max" => cfg.reconnect_max = duration(k, v)?,
                 "close_timeout" => cfg.close_timeout = duration(k, v)?,
+                "confirm_timeout" => cfg.confirm_timeout = duration(k, v)?,
                 _ if PASS_THROUGH.contains(&k) => passed.push((k.to_string(), v.to_string())),
                 _ => {
                     return Err(Error::config(
@@ -221,7 +227,7 @@ impl AmqpConfig {
                             "unknown option `{}` in the AMQP URL (adapter options: exchange, \
                              exchange_kind, queue_type, replicated, persistent, mandatory, \
                              group_expiry, max_length, max_payload, max_unconfirmed, \
-                             reconnect_min, reconnect_max, close_timeout; client options: {})",
+                             reconnect_min, reconnect_max, close_timeout, confirm_timeout; client options: {})",
                             k.escape_debug(),
                             PASS_THROUGH.join(", ")
                         ),
@@ -396,7 +402,7 @@ mod tests {
         let c = AmqpConfig::from_url(
             "amqps://h/v?exchange=orders.x&exchange_kind=fanout&queue_type=quorum&replicated=true\
              &group_expiry=2m&max_length=10&max_payload=1024&persistent=false&mandatory=yes\
-             &reconnect_min=5ms&reconnect_max=1s&close_timeout=3s&max_unconfirmed=7",
+             &reconnect_min=5ms&reconnect_max=1s&close_timeout=3s&max_unconfirmed=7&confirm_timeout=4s",
         )
         .unwrap();
         assert_eq!(c.exchange, "orders.x");
@@ -409,6 +415,7 @@ mod tests {
         assert_eq!(c.max_unconfirmed, 7);
         assert_eq!(c.reconnect_min, Duration::from_millis(5));
         assert_eq!(c.close_timeout, Duration::from_secs(3));
+        assert_eq!(c.confirm_timeout, Duration::from_secs(4));
         assert_eq!(c.amqp_url, "amqps://h/v");
     }
 

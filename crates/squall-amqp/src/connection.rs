@@ -25,6 +25,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::AmqpConfig;
 use crate::error::amqp;
 
+/// How long opening a channel (and, for the publisher, putting it in confirm mode) may take.
+pub(crate) const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One established connection and its generation (1 for the first).
 #[derive(Clone)]
 pub(crate) struct Live {
@@ -99,10 +102,20 @@ impl Link {
                 ),
             )
         })?;
-        let ch = live
-            .conn
-            .create_channel()
+        // A connection that died a moment ago may still look connected, and the client library
+        // then never answers the channel open: bounded, so a caller never waits forever.
+        let ch = tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, live.conn.create_channel())
             .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "opening a channel on {} took over {CHANNEL_OPEN_TIMEOUT:?}: the \
+                         connection is probably gone (reconnecting)",
+                        self.config.redacted_url()
+                    ),
+                )
+            })?
             .map_err(|e| amqp("opening a channel", e))?;
         Ok((ch, live.generation))
     }

@@ -7,7 +7,10 @@
 //! resolves each [`PendingAck`]; `flush` waits until nothing is outstanding.
 //!
 //! A lost connection fails the confirms it still owed with `Unavailable` ("outcome unknown": the
-//! broker may have stored the message). Nothing is re-sent: RabbitMQ has no deduplication, so a
+//! broker may have stored the message). The client library does not always end its confirm
+//! futures when a connection dies, so a watcher per channel (polling every 100 ms) fails them
+//! itself once the channel or its connection is gone; and a confirm that takes longer than
+//! `confirm_timeout` (a link that went silent, before heartbeats notice) fails the same way. Nothing is re-sent: RabbitMQ has no deduplication, so a
 //! re-send could store a message twice; the caller decides (the error is retryable). The next
 //! `send` opens a channel on the new connection, or fails with `Unavailable` while there is none.
 
@@ -21,10 +24,11 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, PublisherConfirm};
 use squall_core::{Durability, Error, ErrorKind, Message, PendingAck, PublishAck, Result, Subject};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::codec::{encode, with_delay_route};
 use crate::config::{AmqpConfig, ExchangeKind, QueueType};
-use crate::connection::Link;
+use crate::connection::{CHANNEL_OPEN_TIMEOUT, Link};
 use crate::error::{amqp, unavailable};
 use crate::topology::{Topology, delay_exchange};
 
@@ -38,7 +42,15 @@ struct Waiting {
     subject: Subject,
     durability: Durability,
     reply: oneshot::Sender<Result<PublishAck>>,
+    /// Cancelled when the channel the message went out on is gone.
+    lost: CancellationToken,
+    /// How long the confirm may take.
+    timeout: Duration,
 }
+
+/// The confirm-mode channel, its connection generation, and the token its watcher cancels when
+/// it dies.
+type Slot = Option<(Channel, u64, CancellationToken)>;
 
 /// The publishing half of a handle; see the module docs.
 pub(crate) struct Publisher {
@@ -46,7 +58,7 @@ pub(crate) struct Publisher {
     topology: Arc<Topology>,
     /// The confirm-mode channel and the connection generation it belongs to. The lock is held
     /// across a publish so that concurrent sends keep their order.
-    channel: Mutex<Option<(Channel, u64)>>,
+    channel: Mutex<Slot>,
     /// To the collector; bounded by `max_unconfirmed`.
     confirms: mpsc::Sender<Waiting>,
     /// Publishes sent and not yet confirmed or failed.
@@ -118,11 +130,11 @@ impl Publisher {
         };
         let durability = self.durability(reply, delay.is_some());
         let mut guard = self.channel.lock().await;
-        let ch = self.channel_locked(&mut guard).await?;
+        let (ch, lost) = self.channel_locked(&mut guard).await?;
         if let Some(d) = delay
             && let Err(e) = self.topology.delay_queue(&ch, cfg, d, false).await
         {
-            *guard = None;
+            drop_slot(&mut guard);
             return Err(e);
         }
         let opts = BasicPublishOptions {
@@ -141,7 +153,7 @@ impl Publisher {
         {
             Ok(c) => c,
             Err(e) => {
-                *guard = None;
+                drop_slot(&mut guard);
                 return Err(amqp(&format!("publishing to `{}`", msg.subject()), e));
             }
         };
@@ -152,6 +164,8 @@ impl Publisher {
             subject: msg.subject().clone(),
             durability,
             reply: tx,
+            lost,
+            timeout: cfg.confirm_timeout,
         };
         if self.confirms.send(waiting).await.is_err() {
             self.outstanding.send_modify(|n| *n = n.saturating_sub(1));
@@ -161,21 +175,40 @@ impl Publisher {
         Ok(PendingAck::channel(rx))
     }
 
-    /// The channel, opening one (confirm mode, exchange declared) if there is none or it died.
-    async fn channel_locked(&self, slot: &mut Option<(Channel, u64)>) -> Result<Channel> {
-        if let Some((ch, _)) = slot.as_ref()
+    /// The channel and its loss token, opening one (confirm mode, exchange declared, watcher
+    /// started) if there is none or it died.
+    async fn channel_locked(&self, slot: &mut Slot) -> Result<(Channel, CancellationToken)> {
+        if let Some((ch, _, lost)) = slot.as_ref()
             && ch.status().connected()
+            && !lost.is_cancelled()
         {
-            return Ok(ch.clone());
+            return Ok((ch.clone(), lost.clone()));
         }
-        *slot = None;
+        drop_slot(slot);
         let (ch, generation) = self.link.channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default())
+        let setup = async {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| amqp("enabling publisher confirms", e))?;
+            self.topology.exchange(&ch, self.config(), false).await
+        };
+        tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, setup)
             .await
-            .map_err(|e| amqp("enabling publisher confirms", e))?;
-        self.topology.exchange(&ch, self.config(), false).await?;
-        *slot = Some((ch.clone(), generation));
-        Ok(ch)
+            .map_err(|_| {
+                unavailable(format!(
+                    "setting up the publishing channel took over {CHANNEL_OPEN_TIMEOUT:?}: the \
+                     connection is probably gone (reconnecting)"
+                ))
+            })??;
+        let lost = CancellationToken::new();
+        self.link.tasks.spawn(watch_channel(
+            ch.clone(),
+            generation,
+            Arc::downgrade(&self.link),
+            lost.clone(),
+        ));
+        *slot = Some((ch.clone(), generation, lost.clone()));
+        Ok((ch, lost))
     }
 
     /// Waits until every publish sent so far is confirmed or failed.
@@ -204,6 +237,37 @@ impl Publisher {
     }
 }
 
+/// Forgets the channel and fails the confirms still owed on it.
+fn drop_slot(slot: &mut Slot) {
+    if let Some((_, _, lost)) = slot.take() {
+        lost.cancel();
+    }
+}
+
+/// Cancels `lost` once `ch` is closed, its connection is no longer the link's live one, or the
+/// link is gone. Holds the link weakly, so a dropped handle ends it.
+async fn watch_channel(
+    ch: Channel,
+    generation: u64,
+    link: std::sync::Weak<Link>,
+    lost: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = lost.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let alive = ch.status().connected()
+            && link
+                .upgrade()
+                .is_some_and(|l| l.live().is_some_and(|live| live.generation == generation));
+        if !alive {
+            lost.cancel();
+            return;
+        }
+    }
+}
+
 /// Awaits confirms concurrently and answers each publisher; ends when every sender is gone.
 async fn collect(mut rx: mpsc::Receiver<Waiting>, outstanding: watch::Sender<usize>) {
     let mut pending = FuturesUnordered::new();
@@ -224,7 +288,30 @@ async fn collect(mut rx: mpsc::Receiver<Waiting>, outstanding: watch::Sender<usi
 }
 
 async fn resolve(w: Waiting) {
-    let result = match w.confirm.await {
+    let confirmed = tokio::select! {
+        biased;
+        c = w.confirm => c,
+        _ = w.lost.cancelled() => {
+            let _ = w.reply.send(Err(unavailable(format!(
+                "the connection was lost before the broker confirmed the message to `{}`; it may \
+                 or may not have been stored",
+                w.subject
+            ))));
+            return;
+        }
+        _ = tokio::time::sleep(w.timeout) => {
+            let _ = w.reply.send(Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no confirm for the message to `{}` within confirm_timeout ({:?}); it may or \
+                     may not have been stored",
+                    w.subject, w.timeout
+                ),
+            )));
+            return;
+        }
+    };
+    let result = match confirmed {
         Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(PublishAck {
             stream: None,
             sequence: 0,

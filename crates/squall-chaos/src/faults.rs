@@ -15,6 +15,12 @@
 //! delayed up to a second. [`Faults::set_targets`] restricts injection to named groups;
 //! [`crate::control`] serves all of this over HTTP.
 //!
+//! ## Restart rules
+//! A [`Fault::Restart`] rule is carried out by the [`crate::chaos_backend::ChaosBackend`]s that
+//! can reopen their backend (built with a reopen function); the others never draw for it.
+//! [`Faults::add`] refuses a restart rule while no such wrapper uses the registry, so a rule that
+//! could never fire is an error, not a silent no-op: build the wrappers first.
+//!
 //! ## Observability
 //! Every injection increments `chaos_injected_total{point,fault,group}` (delays also record
 //! `chaos_delay_seconds{point,group}`) and is appended to an in-memory log bounded by
@@ -22,7 +28,7 @@
 //! ([`Faults::dropped_events`]).
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -114,6 +120,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Bumped on every change of rules or settings; partition hangs wait on it.
     changed: watch::Sender<u64>,
+    /// Live wrappers that can carry out `restart` verdicts ([`ReopenTicket`]s).
+    reopeners: AtomicUsize,
     /// Locked only for short synchronous sections, never across an await.
     state: Mutex<State>,
 }
@@ -147,6 +155,7 @@ impl Faults {
                 seed,
                 next_id: AtomicU64::new(1),
                 changed: watch::Sender::new(0),
+                reopeners: AtomicUsize::new(0),
                 state: Mutex::new(State {
                     clock: Arc::new(Timestamp::now),
                     enabled: true,
@@ -212,7 +221,8 @@ impl Faults {
     }
 
     /// Installs `rule` until the returned guard is dropped. Fails with `InvalidConfig` for an
-    /// invalid rule and `Conflict` if a rule of that name is installed.
+    /// invalid rule or a `restart` rule no wrapper can carry out (see the module docs), and
+    /// `Conflict` if a rule of that name is installed.
     pub fn add(&self, rule: Rule) -> Result<RuleGuard> {
         let id = self.install(rule)?;
         Ok(RuleGuard {
@@ -224,6 +234,15 @@ impl Faults {
     /// Installs `rule` until [`remove`](Self::remove)d or [`heal`](Self::heal)ed.
     pub fn install(&self, rule: Rule) -> Result<RuleId> {
         rule.validate()?;
+        if matches!(rule.fault, Fault::Restart { .. }) && !self.can_restart() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "rule `{}`: fault `restart` closes and reopens the backend, but no ChaosBackend using this registry can reopen its backend (build it with ChaosBackend::builder(..).with_restart(..) or .reopen(..) before adding the rule)",
+                    rule.name
+                ),
+            ));
+        }
         let id = RuleId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
         {
             let mut st = self.lock();
@@ -243,6 +262,19 @@ impl Faults {
         }
         self.bump();
         Ok(id)
+    }
+
+    /// Whether some live wrapper using this registry can carry out `restart` verdicts.
+    pub fn can_restart(&self) -> bool {
+        self.shared.reopeners.load(Ordering::Acquire) > 0
+    }
+
+    /// Registers a wrapper able to carry out `restart` verdicts, for as long as the ticket lives.
+    pub(crate) fn reopener(&self) -> ReopenTicket {
+        self.shared.reopeners.fetch_add(1, Ordering::AcqRel);
+        ReopenTicket {
+            faults: Arc::downgrade(&self.shared),
+        }
     }
 
     /// Uninstalls a rule; false if it was not installed.
@@ -500,6 +532,7 @@ fn detail(v: &Verdict) -> Option<String> {
         Verdict::Partition(m) => Some(format!("{m:?}").to_lowercase()),
         Verdict::Corrupt(n) => Some(format!("bit seed {n}")),
         Verdict::Hold(h) => Some(format!("up to {} for {:?}", h.count, h.max_wait)),
+        Verdict::Restart(d) => Some(format!("down {d:?}")),
         _ => None,
     }
 }
@@ -542,6 +575,20 @@ impl Drop for RuleGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.faults.upgrade() {
             Faults { shared }.remove(self.id);
+        }
+    }
+}
+
+/// Counts a wrapper that can carry out `restart` verdicts (see [`Faults::can_restart`]) while it
+/// lives.
+pub(crate) struct ReopenTicket {
+    faults: Weak<Shared>,
+}
+
+impl Drop for ReopenTicket {
+    fn drop(&mut self) {
+        if let Some(shared) = self.faults.upgrade() {
+            shared.reopeners.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

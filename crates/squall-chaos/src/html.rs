@@ -168,6 +168,9 @@ figure{{margin:14px 0}} figcaption{{font-weight:600}} .axis{{font-size:10px;fill
         target = esc(&r.target),
         dur = r.duration_s,
     );
+    for n in &r.notes {
+        let _ = write!(html, "<p>note: {}</p>", esc(n));
+    }
     html.push_str("<table><tr><th>criterion</th><th>limit</th><th>observed</th><th></th></tr>");
     for v in &r.verdicts {
         let _ = write!(

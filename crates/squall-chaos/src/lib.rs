@@ -9,7 +9,7 @@
 //! | [`rng`] | the run's [`rng::Seed`] (logged once, replayable) and per-name deterministic streams |
 //! | [`rules`] | message-level faults: [`rules::Point`], [`rules::Fault`], [`rules::Verdict`], [`rules::Rule`] |
 //! | [`faults`] | [`faults::Faults`]: installed rules, [`faults::RuleGuard`], the injection log, metrics |
-//! | [`chaos_backend`] | [`chaos_backend::ChaosBackend`]: any backend with the rules applied; restart |
+//! | [`chaos_backend`] | [`chaos_backend::ChaosBackend`]: any backend with the rules applied; restart (by call or by a `restart` rule) through a reopen function |
 //! | [`proxy`] | a TCP fault proxy (latency, bandwidth, blackhole, reset, slicing, down/up) and its HTTP API |
 //! | [`process`] | kill -9, SIGSTOP/SIGCONT, restart and stop of processes; external brokers' commands |
 //! | [`control`] | HTTP control of chaos in a running service (`/admin/chaos/...`) |
@@ -17,8 +17,13 @@
 //! | [`scenario`] | game days as TOML: target, workload, fault proxies, phases (process actions, message rules, proxy faults), criteria |
 //! | [`workload`] | open-loop producers, acking (and poison-rejecting) consumers, the dead-letter observer |
 //! | [`checker`] | counts lost, duplicated, reordered, corrupted messages, lease anomalies, dead-letter misses, per-phase deliveries, recovery per fault window |
-//! | [`runner`] | runs a scenario end to end against a [`runner::Target`] (the seam for other brokers) |
+//! | [`runner`] | runs a scenario end to end against a [`runner::Target`]: a `squall serve` it starts, a squall server at a URL, or any broker through a caller's connector ([`runner::target::ExternalTarget`], with start/stop commands for process faults) |
 //! | [`report`] | verdict, JSON and HTML timeline, starting with the seed that replays the run |
+//!
+//! This crate depends on no broker adapter: other brokers come in through a
+//! [`runner::target::Connector`] (a URL → backend function) the caller supplies; the `squall`
+//! CLI passes its own, so `squall chaos run SCENARIO --backend nats://…` runs any scenario
+//! against NATS, RabbitMQ, Kafka or a squall server.
 //!
 //! One seed drives all randomness: every rule, proxy and shuffle draws from its own stream derived
 //! from it, so the same seed and the same sequence of decisions give the same faults.

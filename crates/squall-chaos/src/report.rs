@@ -37,6 +37,9 @@ pub struct Report {
     pub replay: String,
     /// What was tested.
     pub target: String,
+    /// What the run changed to fit the backend (see [`crate::workload::Workload::fit`]), and
+    /// other remarks on how to read the figures.
+    pub notes: Vec<String>,
     /// Run length.
     pub duration_s: f64,
     /// Overall verdict.
@@ -69,6 +72,9 @@ impl Report {
             "scenario {} against {} ({:.1}s)",
             self.scenario, self.target, self.duration_s
         );
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
         let _ = writeln!(
             s,
             "sent {}  confirmed {}  failed {}  lost {}  duplicates {} (after ack {}, stored twice {}, delivered twice {})  redeliveries {}  reorders {}  corrupt {}  two holders {}",

@@ -169,7 +169,8 @@ impl fmt::Debug for DecideFn {
 /// In TOML a fault is an inline table tagged by `kind`: `{ kind = "drop" }`,
 /// `{ kind = "delay", dist = "fixed", delay = "20ms" }`, `{ kind = "error", error = "unavailable" }`,
 /// `{ kind = "reorder", count = 8, max_wait = "50ms" }` (`reorder` is another name of `hold`),
-/// `{ kind = "partition", mode = "hang" }`. Unknown keys are refused by name.
+/// `{ kind = "partition", mode = "hang" }`, `{ kind = "restart", downtime = "500ms" }`. Unknown
+/// keys are refused by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
@@ -208,6 +209,17 @@ pub enum Fault {
         #[serde(default)]
         mode: PartitionMode,
     },
+    /// Close the backend and reopen it, as a service restart or a dropped connection does:
+    /// the wrapper closes its inner backend, stays down for `downtime` (sends fail with
+    /// `Unavailable`), reopens it through its reopen function and resubscribes its consumers
+    /// (see [`crate::chaos_backend`] for what happens to the message that triggered it). Only a
+    /// [`crate::chaos_backend::ChaosBackend`] built with a reopen function can do it:
+    /// [`crate::faults::Faults::add`] refuses the rule when no such wrapper uses the registry.
+    Restart {
+        /// How long the backend stays closed before it is reopened (default: reopen at once).
+        #[serde(default, with = "humantime_serde")]
+        downtime: Duration,
+    },
     /// A closure decides ([`Rule::custom`]). Not expressible in TOML.
     #[serde(skip)]
     Custom(DecideFn),
@@ -230,6 +242,7 @@ impl Fault {
             Fault::Hold { .. } => "hold",
             Fault::Error { .. } => "error",
             Fault::Partition { .. } => "partition",
+            Fault::Restart { .. } => "restart",
             Fault::Custom(_) => "custom",
         }
     }
@@ -246,6 +259,8 @@ impl Fault {
             Fault::LieDrop => point == Publish,
             Fault::Duplicate => matches!(point, Publish | Deliver | Ack),
             Fault::Corrupt | Fault::Hold { .. } => matches!(point, Publish | Deliver),
+            // Reopening passes the `connect` point itself.
+            Fault::Restart { .. } => point != Connect,
         }
     }
 
@@ -263,6 +278,7 @@ impl Fault {
             }),
             Fault::Error { error } => Verdict::Error(error.0),
             Fault::Partition { mode } => Verdict::Partition(*mode),
+            Fault::Restart { downtime } => Verdict::Restart(*downtime),
             Fault::Custom(f) => (f.0)(site, rng),
         }
     }
@@ -300,6 +316,8 @@ pub enum Verdict {
     Error(ErrorKind),
     /// Partitioned: fail or hang until healed.
     Partition(PartitionMode),
+    /// Close and reopen the backend, down for this long (see [`Fault::Restart`]).
+    Restart(Duration),
 }
 
 impl Verdict {
@@ -315,6 +333,7 @@ impl Verdict {
             Verdict::Hold(_) => "hold",
             Verdict::Error(_) => "error",
             Verdict::Partition(_) => "partition",
+            Verdict::Restart(_) => "restart",
         }
     }
 }

@@ -8,7 +8,8 @@
 //! drain = "20s"            # after the last phase: how long to wait for every delivery
 //!
 //! [target]
-//! kind = "server"          # a `squall serve` the lab starts (or "url" with url = "squall://...")
+//! kind = "server"          # a `squall serve` the lab starts (or "url" with url = "squall://...",
+//!                          # or "external": any broker, see `Target`)
 //! sync = "fsync"           # fsync, buffered or memory
 //!
 //! [workload]               # see `Workload` for every key
@@ -37,7 +38,8 @@
 //! probability = 0.2
 //! groups = ["producers"]   # sites' groups: "producers" for publish/confirm, the consumer group
 //!                          # for deliver, ack and connect
-//! fault = { kind = "drop" }   # delay, drop, lie_drop, duplicate, corrupt, reorder (hold), error, partition
+//! fault = { kind = "drop" }   # delay, drop, lie_drop, duplicate, corrupt, reorder (hold), error,
+//!                             # partition, restart (close and reopen the client: { kind = "restart", downtime = "1s" })
 //!
 //! [[phase.proxy]]          # proxy faults for the phase's length
 //! side = "producers"       # producers, consumers or both
@@ -70,22 +72,62 @@ mod proxy_step;
 pub use proxy_step::{ProxyAction, ProxyConfig, ProxyStep, Side};
 
 /// What the lab tests.
+///
+/// An external broker (`kind = "external"`) is any broker a URL names, with shell commands for
+/// process faults:
+///
+/// ```toml
+/// [target]
+/// kind = "external"
+/// url = "nats://127.0.0.1:4222?jetstream=1"   # any backend URL the caller can connect to
+/// stop = "systemctl kill -s KILL nats-server"  # kill9 (and the first half of restart)
+/// start = "systemctl start nats-server"        # start (and the second half of restart)
+/// pause = "docker pause nats"                  # optional: pause / resume
+/// resume = "docker unpause nats"
+/// ready = "127.0.0.1:4222"                     # after start/resume: host:port (TCP), http://… or
+///                                              # none; default: TCP to the URL's host:port
+/// timeout = "60s"                              # bounds each command and the ready check
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `server`: a `squall serve` the lab starts on a fresh data directory (process faults
-    /// allowed). `url`: an already running server (no process faults).
+    /// allowed). `url`: an already running server (no process faults). `external`: any broker
+    /// at `url`, process faults by commands.
     pub kind: TargetKind,
     /// For `server`: `fsync`, `buffered` or `memory`.
     #[serde(default = "default_sync")]
     pub sync: String,
-    /// For `url`.
+    /// For `url` and `external`.
     #[serde(default)]
     pub url: Option<String>,
+    /// For `external`: starts the broker (`start` and `restart` actions).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// For `external`: stops the broker (`kill9` and `restart` actions).
+    #[serde(default)]
+    pub stop: Option<String>,
+    /// For `external`: freezes the broker (`pause`).
+    #[serde(default)]
+    pub pause: Option<String>,
+    /// For `external`: thaws it (`resume`).
+    #[serde(default)]
+    pub resume: Option<String>,
+    /// For `external`: readiness after start and resume: `host:port`, `http://…` or `none`
+    /// (default: a TCP connect to the URL's `host:port`).
+    #[serde(default)]
+    pub ready: Option<String>,
+    /// For `external`: bound of each command and of the ready check.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 fn default_sync() -> String {
     "fsync".into()
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Kinds of target.
@@ -96,6 +138,8 @@ pub enum TargetKind {
     Server,
     /// A server at `url`.
     Url,
+    /// Any broker at `url`, with start/stop commands for process faults.
+    External,
 }
 
 /// A process fault, applied at the start of a phase.
@@ -112,6 +156,30 @@ pub enum Action {
     Start,
     /// Kill and start at once.
     Restart,
+}
+
+impl TargetKind {
+    /// The name in scenarios.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Server => "server",
+            TargetKind::Url => "url",
+            TargetKind::External => "external",
+        }
+    }
+}
+
+impl Action {
+    /// The name in scenarios (`kill9`, `pause`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Kill9 => "kill9",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Start => "start",
+            Action::Restart => "restart",
+        }
+    }
 }
 
 /// One phase of the timeline.
@@ -217,18 +285,20 @@ impl Scenario {
                 "a scenario needs at least one [[phase]]".into(),
             ));
         }
-        if s.target.kind == TargetKind::Url && s.target.url.is_none() {
+        if s.target.kind != TargetKind::Server && s.target.url.is_none() {
             return Err(invalid(
                 "target.url",
-                "target kind `url` needs a url".into(),
+                format!("target kind `{}` needs a url", s.target.kind.as_str()),
             ));
         }
         if s.target.kind == TargetKind::Url && s.phases.iter().any(|p| !p.actions.is_empty()) {
             return Err(invalid(
                 "phase.actions",
-                "process faults need a target the lab starts (kind = \"server\")".into(),
+                "process faults need a target the lab starts (kind = \"server\") or commands for an external broker (kind = \"external\")".into(),
             ));
         }
+        s.check_external()
+            .map_err(|(key, problem)| invalid(key, problem))?;
         if !["fsync", "buffered", "memory"].contains(&s.target.sync.as_str()) {
             return Err(invalid(
                 "target.sync",
@@ -322,6 +392,63 @@ impl Scenario {
         Ok(s)
     }
 
+    /// An external target's commands against the timeline's process faults.
+    fn check_external(&self) -> Result<(), (&'static str, String)> {
+        let t = &self.target;
+        let commands = [&t.start, &t.stop, &t.pause, &t.resume, &t.ready];
+        if t.kind != TargetKind::External {
+            if commands.iter().any(|c| c.is_some()) {
+                return Err((
+                    "target.kind",
+                    "start, stop, pause, resume and ready are for kind = \"external\"".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if t.start.is_some() != t.stop.is_some() {
+            return Err((
+                "target.start",
+                "give both start and stop, or neither".into(),
+            ));
+        }
+        if t.pause.is_some() != t.resume.is_some() {
+            return Err((
+                "target.pause",
+                "give both pause and resume, or neither".into(),
+            ));
+        }
+        if t.pause.is_some() && t.start.is_none() {
+            return Err((
+                "target.start",
+                "pause and resume need start and stop too".into(),
+            ));
+        }
+        for a in self.actions() {
+            let (key, needed) = match a {
+                Action::Kill9 | Action::Start | Action::Restart => ("target.start", &t.start),
+                Action::Pause | Action::Resume => ("target.pause", &t.pause),
+            };
+            if needed.is_none() {
+                return Err((
+                    key,
+                    format!(
+                        "the timeline has a `{}` process fault: an external target needs {} commands for it",
+                        a.as_str(),
+                        if key == "target.start" {
+                            "start and stop"
+                        } else {
+                            "pause and resume"
+                        }
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = &t.ready {
+            crate::runner::target::parse_ready(r).map_err(|e| ("target.ready", e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Which clients connect through proxies: the `[proxy]` section, or both sides when it is
     /// absent but some phase has proxy faults, or `None` (no proxy).
     pub fn proxies(&self) -> Option<ProxyConfig> {
@@ -338,6 +465,56 @@ impl Scenario {
     /// Total length of the timeline.
     pub fn timeline(&self) -> Duration {
         self.phases.iter().map(|p| p.duration).sum()
+    }
+
+    /// A copy whose subjects meet no other run's on a shared broker: the first token of the
+    /// workload's subject, and of every rule's subject filter that starts with it, gets `-tag`
+    /// appended (`chaos.orders` → `chaos-1a2b3c4d.orders`). Brokers name what they keep for a
+    /// subscription after its subject and group together (a JetStream stream per first token, a
+    /// RabbitMQ group queue per group and pattern), so a run on a fresh subject starts with empty
+    /// queues and its message ids are nobody's duplicates. Groups keep their names, so rules
+    /// and reports still say `workers`.
+    pub fn isolated(&self, tag: &str) -> Scenario {
+        let mut s = self.clone();
+        let first = self
+            .workload
+            .subject
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let rename = |subject: &str| -> String {
+            match subject.split_once('.') {
+                Some((head, rest)) if head == first => format!("{head}-{tag}.{rest}"),
+                None if subject == first => format!("{subject}-{tag}"),
+                _ => subject.to_string(),
+            }
+        };
+        s.workload.subject = rename(&self.workload.subject);
+        for p in &mut s.phases {
+            for r in &mut p.rules {
+                if let Some(pattern) = &r.subject {
+                    // Renaming one literal token keeps a valid pattern valid.
+                    if let Ok(renamed) = squall_core::Pattern::new(rename(pattern.as_str())) {
+                        r.subject = Some(renamed);
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Whether some phase has a message-level `restart` rule.
+    pub fn has_restart_rules(&self) -> bool {
+        self.phases
+            .iter()
+            .flat_map(|p| &p.rules)
+            .any(|r| matches!(r.fault, crate::rules::Fault::Restart { .. }))
+    }
+
+    /// The process actions of the timeline, in order.
+    pub fn actions(&self) -> impl Iterator<Item = Action> + '_ {
+        self.phases.iter().flat_map(|p| p.actions.iter().copied())
     }
 
     /// A shorter version for CI: phases, message count, `min_confirmed` and per-phase

@@ -121,6 +121,11 @@ pub struct Progress {
     /// Distinct (group, message) pairs seen in the dead-letter queue: the drain waits for
     /// `rejected`.
     pub dead_letters: AtomicU64,
+    /// Consumers (and the dead-letter observer) whose subscription stands: the runner starts
+    /// the producers once all are subscribed.
+    pub subscribed: AtomicU64,
+    /// The last subscribe failure, if any.
+    last_subscribe_error: std::sync::Mutex<Option<String>>,
     seen: Seen,
     rejects: Seen,
     dead: Seen,
@@ -139,6 +144,21 @@ fn first(set: &Seen, counter: &AtomicU64, group: &str, producer: u32, seq: u64) 
 }
 
 impl Progress {
+    pub(crate) fn subscribe_failed(&self, e: &squall_core::Error) {
+        *self
+            .last_subscribe_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+
+    /// The last subscribe failure of a consumer or the observer, if any.
+    pub fn last_subscribe_error(&self) -> Option<String> {
+        self.last_subscribe_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub(crate) fn first_delivery(&self, group: &str, producer: u32, seq: u64) {
         first(&self.seen, &self.distinct, group, producer, seq);
     }
@@ -199,6 +219,36 @@ impl Workload {
         Ok(sub)
     }
 
+    /// This workload as a backend with `caps` can carry it out, and what had to change: a
+    /// subscription option the backend lacks would be refused (`Unsupported`) and its consumers
+    /// would never start. Dropped, each with a note for the report: per-key ordering, durable
+    /// groups, and dead letters (the delivery limit and poison messages). The criteria stay as
+    /// they are, so what the backend cannot promise shows in the verdict.
+    pub fn fit(&self, caps: &squall_core::Capabilities, backend: &str) -> (Workload, Vec<String>) {
+        let mut w = self.clone();
+        let mut notes = Vec::new();
+        if w.ordered_by_key && !caps.key_ordering.available() {
+            w.ordered_by_key = false;
+            notes.push(format!(
+                "{backend} has no per-key ordering within a group: consumers subscribed without it; per-key order is judged on what arrived"
+            ));
+        }
+        if w.durable && !caps.durable_groups.available() {
+            w.durable = false;
+            notes.push(format!(
+                "{backend} has no durable groups: consumers subscribed to non-durable groups (what is published while none is connected is not kept)"
+            ));
+        }
+        if !caps.dead_letter.available() && (w.max_deliveries.is_some() || w.poison > 0.0) {
+            w.max_deliveries = None;
+            w.poison = 0.0;
+            notes.push(format!(
+                "{backend} has no dead letters: no delivery limit and no poison messages"
+            ));
+        }
+        (w, notes)
+    }
+
     /// Whether the run can dead-letter anything (poison messages or a delivery limit): then the
     /// runner watches the dead-letter queue.
     pub fn dead_letters_expected(&self) -> bool {
@@ -253,6 +303,24 @@ pub async fn produce(
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) -> Vec<Event> {
+    let never = CancellationToken::new();
+    produce_until(w, backend, producer, now, progress, stop, never).await
+}
+
+/// Like [`produce`], and when `abandon` is cancelled it stops waiting at once — for a send, for
+/// pipeline room, for outstanding confirms and retries — and returns what it recorded: the
+/// messages whose outcome it did not learn stay sent, neither confirmed nor failed
+/// (`unaccounted` in the checker). A backend that never answers a confirm thus shows in the
+/// report instead of taking the producer's events with it.
+pub async fn produce_until(
+    w: Arc<Workload>,
+    backend: Arc<dyn Backend>,
+    producer: u32,
+    now: impl Fn() -> Timestamp + Send + Sync,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+    abandon: CancellationToken,
+) -> Vec<Event> {
     let mut events = Vec::new();
     let total = w.per_producer(producer);
     let start = tokio::time::Instant::now();
@@ -272,8 +340,9 @@ pub async fn produce(
             now()
         };
         while pending.len() >= w.pipeline.max(1) {
-            if let Some(e) = pending.next().await {
-                events.push(e);
+            tokio::select! {
+                Some(e) = pending.next() => events.push(e),
+                _ = abandon.cancelled() => return events,
             }
         }
         if w.rate > 0 {
@@ -310,7 +379,20 @@ pub async fn produce(
         // backpressure); only the confirm, and any retry after a failure, run concurrently.
         // A retry re-sends the same id later, so it may land after newer messages: retries are
         // a documented source of reorders.
-        let first = backend.send(msg.clone()).await;
+        // Retries in `pending` call `send` too: keep polling them while this send waits, or a
+        // retry that the backend's send lock was handed to would never run, and this send
+        // would wait for it forever.
+        let first = {
+            let send = backend.send(msg.clone());
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    r = &mut send => break r,
+                    Some(e) = pending.next(), if !pending.is_empty() => events.push(e),
+                    _ = abandon.cancelled() => return events,
+                }
+            }
+        };
         let (backend, w2, progress2) = (backend.clone(), w.clone(), progress.clone());
         let now2 = &now;
         pending.push(async move {
@@ -357,8 +439,14 @@ pub async fn produce(
             }
         });
     }
-    while let Some(e) = pending.next().await {
-        events.push(e);
+    loop {
+        tokio::select! {
+            e = pending.next() => match e {
+                Some(e) => events.push(e),
+                None => break,
+            },
+            _ = abandon.cancelled() => break,
+        }
     }
     events
 }

@@ -74,23 +74,19 @@ pub fn rows(row: &mut impl FnMut(&str, &dyn Fn(&crate::certify::Certificate) -> 
     });
 }
 
-/// `url` with its `host:port` replaced by `to`.
+/// `url` with its `host:port` replaced by `to`, and that `host:port` (the chaos lab's URL
+/// helpers, shared with `squall chaos run --backend`).
 pub fn via(url: &str, to: SocketAddr) -> anyhow::Result<(String, String)> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .with_context(|| format!("no scheme in {}", backends::redact(url)))?;
-    let (auth, rest) = match rest.split_once('@') {
-        Some((a, r)) => (format!("{a}@"), r),
-        None => (String::new(), rest),
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (host, tail) = rest.split_at(end);
-    anyhow::ensure!(
-        !host.is_empty() && !host.contains(','),
-        "the fault scenario needs one host:port in {}",
-        backends::redact(url)
-    );
-    Ok((format!("{scheme}://{auth}{to}{tail}"), host.to_string()))
+    let host = squall_chaos::runner::target::host_port(url).with_context(|| {
+        format!(
+            "the fault scenario needs one host:port in {}",
+            backends::redact(url)
+        )
+    })?;
+    Ok((
+        squall_chaos::runner::target::via(url, &to.to_string())?,
+        host,
+    ))
 }
 
 #[derive(Default)]

@@ -1,15 +1,31 @@
-//! `squall chaos run`: a game day against a fresh `squall serve`, with a verdict.
+//! `squall chaos run`: a game day against a fresh `squall serve` (or, with `--backend URL`, any
+//! broker the CLI can connect to), with a verdict.
 //! `squall chaos proxy`: the fault proxy with its HTTP API, until Ctrl-C.
+//!
+//! With `--backend URL` the scenario's workload and timeline run against that broker instead of
+//! the scenario's `[target]`, through an [`ExternalTarget`] whose connector is
+//! [`backends::connect`]: fault-proxy phases dial a proxy standing in for the URL's
+//! `host:port`; process faults run the `--stop` / `--start` (and `--pause` / `--resume`)
+//! commands, and a scenario that has process faults without them is refused before anything
+//! runs. Scenarios with `kind = "external"` targets use the same connector.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use squall_chaos::process::ExternalBroker;
 use squall_chaos::proxy::api::{CreateProxy, ProxyApi};
 use squall_chaos::rng::Seed;
-use squall_chaos::runner::{RunOptions, run};
+use squall_chaos::runner::target::{
+    CommandNames, Connector, ExternalTarget, TargetFactory, parse_ready, redact, with_connector,
+};
+use squall_chaos::runner::{RunOptions, Target, run};
 use squall_chaos::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
+
+use crate::backends;
 
 /// The default game day (`scenarios/broker-kill.toml`), built in.
 const DEFAULT: &str = include_str!("../../../scenarios/broker-kill.toml");
@@ -17,7 +33,9 @@ const DEFAULT: &str = include_str!("../../../scenarios/broker-kill.toml");
 /// `squall chaos ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum Chaos {
-    /// Run a scenario (default: the built-in broker-kill game day) and print its verdict.
+    /// Run a scenario (default: the built-in broker-kill game day) and print its verdict; with
+    /// `--backend URL`, against that broker (NATS, RabbitMQ, ...) instead of a fresh
+    /// `squall serve`.
     Run(RunArgs),
     /// Run a TCP fault proxy between clients and a broker, controlled over HTTP, until Ctrl-C.
     Proxy(ProxyArgs),
@@ -65,6 +83,36 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Run the scenario against this broker instead of its `[target]`: `squall://`, `nats://`
+    /// (`?jetstream=1` for JetStream), `amqp://`, `kafka://`... Fault-proxy phases put a proxy
+    /// in front of the URL's host:port; message-level rules apply as with any target; the run's
+    /// subjects get a unique tag so other runs' queues play no part. The report names the URL
+    /// (password hidden).
+    #[arg(long, value_name = "URL")]
+    backend: Option<String>,
+    /// With --backend: the shell command that starts the broker again (`start` and `restart`
+    /// process faults), e.g. `systemctl start nats-server`. Needed, with --stop, by scenarios
+    /// with process faults.
+    #[arg(long, value_name = "CMD", requires_all = ["backend", "stop"])]
+    start: Option<String>,
+    /// With --backend: the shell command that stops (kills) the broker (`kill9` and `restart`),
+    /// e.g. `systemctl kill -s KILL nats-server`.
+    #[arg(long, value_name = "CMD", requires_all = ["backend", "start"])]
+    stop: Option<String>,
+    /// With --backend: the shell command that freezes the broker (`pause`), e.g.
+    /// `docker pause nats`.
+    #[arg(long, value_name = "CMD", requires_all = ["backend", "resume", "start"])]
+    pause: Option<String>,
+    /// With --backend: the shell command that thaws it (`resume`).
+    #[arg(long, value_name = "CMD", requires_all = ["backend", "pause", "start"])]
+    resume: Option<String>,
+    /// With --start: how to tell the broker is back: `host:port` (TCP connect), `http://...`
+    /// (GET answering 200) or `none`. Default: a TCP connect to the URL's host:port.
+    #[arg(long, value_name = "CHECK", requires = "start")]
+    ready: Option<String>,
+    /// With --start: bound of each command and of the ready check.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    command_timeout: Duration,
 }
 
 /// Runs the command; `Ok(false)` when the scenario failed its criteria (exit code 1).
@@ -161,22 +209,12 @@ fn run_scenario(args: RunArgs, out: &mut impl std::io::Write) -> anyhow::Result<
     if args.quick {
         scenario = scenario.scaled(1.0 / 3.0);
     }
-    let mut replay = String::from("squall chaos run");
-    if let Some(p) = &args.scenario {
-        replay.push_str(&format!(" {}", p.display()));
-    }
-    replay.push_str(" --seed {seed}");
-    if args.quick {
-        replay.push_str(" --quick");
-    }
     let opts = RunOptions {
         seed: args.seed,
         squall_bin: std::env::current_exe().context("locating the squall binary")?,
         progress: !args.quiet,
-        replay,
-        // The built-in targets of the scenario's `[target]`. A `--backend URL` option selecting
-        // another broker would set a factory here (see `squall_chaos::runner::target`).
-        target: None,
+        replay: replay(&args),
+        target: Some(factory(&args)?),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -192,4 +230,98 @@ fn run_scenario(args: RunArgs, out: &mut impl std::io::Write) -> anyhow::Result<
         writeln!(out, "JSON report: {}", j.display())?;
     }
     Ok(report.pass)
+}
+
+/// The command that replays the run (`{seed}` filled in by the runner; the URL's password
+/// hidden).
+fn replay(args: &RunArgs) -> String {
+    let mut r = String::from("squall chaos run");
+    if let Some(p) = &args.scenario {
+        r.push(' ');
+        r.push_str(&quote(&p.display().to_string()));
+    }
+    r.push_str(" --seed {seed}");
+    if args.quick {
+        r.push_str(" --quick");
+    }
+    let flags = [
+        ("--backend", args.backend.as_deref().map(redact)),
+        ("--start", args.start.clone()),
+        ("--stop", args.stop.clone()),
+        ("--pause", args.pause.clone()),
+        ("--resume", args.resume.clone()),
+        ("--ready", args.ready.clone()),
+    ];
+    for (flag, value) in flags {
+        if let Some(v) = value {
+            r.push_str(&format!(" {flag} {}", quote(&v)));
+        }
+    }
+    if args.start.is_some() && args.command_timeout != Duration::from_secs(60) {
+        r.push_str(&format!(
+            " --command-timeout {}",
+            humantime::format_duration(args.command_timeout)
+        ));
+    }
+    r
+}
+
+/// `s` quoted for a POSIX shell when it needs to be.
+fn quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// [`backends::connect`] as the chaos lab's connector.
+fn connector() -> Connector {
+    Arc::new(|url: &str| {
+        let url = url.to_string();
+        Box::pin(async move { backends::connect(&url).await })
+    })
+}
+
+/// The target factory: with `--backend`, the URL (and its commands) whatever the scenario's
+/// `[target]` says; without, the scenario's target, external brokers through
+/// [`backends::connect`].
+fn factory(args: &RunArgs) -> anyhow::Result<TargetFactory> {
+    let Some(url) = args.backend.clone() else {
+        return Ok(with_connector(connector()));
+    };
+    let mut target = ExternalTarget::new(url.clone(), connector()).names(CommandNames {
+        start: "--start",
+        stop: "--stop",
+        pause: "--pause",
+        resume: "--resume",
+    });
+    if let (Some(start), Some(stop)) = (&args.start, &args.stop) {
+        let ready = match &args.ready {
+            Some(r) => parse_ready(r).map_err(|e| anyhow::anyhow!("--ready: {e}"))?,
+            None => ExternalTarget::default_ready(&url),
+        };
+        let mut b = ExternalBroker::new(start, stop)
+            .ready(ready)
+            .timeout(args.command_timeout);
+        if let (Some(p), Some(r)) = (&args.pause, &args.resume) {
+            b = b.pause_resume(p, r);
+        }
+        target = target.commands(b);
+    }
+    // The factory is called once per run; the target moves out on that call.
+    let slot = Arc::new(std::sync::Mutex::new(Some(target)));
+    Ok(Arc::new(move |_s, _opts| {
+        let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Box::pin(async move {
+            taken
+                .map(|t| Box::new(t) as Box<dyn Target>)
+                .ok_or_else(|| {
+                    squall_chaos::runner::RunError::Target("the --backend target was used".into())
+                })
+        })
+    }))
 }

@@ -16,7 +16,7 @@ use squall_core::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{ChaosBackend, partitioned};
+use super::{ChaosBackend, partitioned, restarting};
 use crate::faults::Faults;
 use crate::rules::{Hold, PartitionMode, Point, Site, Verdict, flip_bit};
 
@@ -120,7 +120,7 @@ impl ChaosConsumer {
     /// Returns what to hand out now, if anything.
     fn on_delivery(&mut self, d: Delivery) -> Option<Result<Delivery>> {
         let group = self.group.clone();
-        let verdict = self.faults().decide(
+        let verdict = self.backend.shared.decide(
             &Site::new(Point::Deliver)
                 .message(d.message())
                 .group(group.as_deref()),
@@ -136,7 +136,7 @@ impl ChaosConsumer {
         let mut msg = d.message().clone();
         let acker: Arc<dyn Acker> = Arc::new(ChaosAcker {
             inner: d.acker().clone(),
-            faults: self.faults().clone(),
+            backend: self.backend.clone(),
             subject: msg.subject().clone(),
             id: msg.id().clone(),
             group,
@@ -145,6 +145,11 @@ impl ChaosConsumer {
         let now = Instant::now();
         match verdict {
             Verdict::Drop => None,
+            Verdict::Restart(downtime) => {
+                // Not handed over: its lease dies with the old backend.
+                self.backend.trigger_restart(downtime);
+                None
+            }
             Verdict::Error(k) => Some(Err(Error::new(k, "chaos: injected delivery error"))),
             Verdict::Partition(PartitionMode::Fail) => Some(Err(partitioned())),
             Verdict::Delay(by) => {
@@ -303,7 +308,7 @@ impl Consumer for ChaosConsumer {
 /// Settles a delivery through the `ack` rules, then the inner backend's acker.
 struct ChaosAcker {
     inner: Arc<dyn Acker>,
-    faults: Faults,
+    backend: ChaosBackend,
     subject: Subject,
     id: MessageId,
     group: Option<Arc<str>>,
@@ -326,17 +331,21 @@ impl ChaosAcker {
             group: self.group.as_deref(),
             message_id: Some(&self.id),
         };
-        match self.faults.decide(&site) {
+        match self.backend.shared.decide(&site) {
             Verdict::Delay(d) => {
                 tokio::time::sleep(d).await;
                 Gate::Forward
+            }
+            Verdict::Restart(downtime) => {
+                self.backend.trigger_restart(downtime);
+                Gate::Fail(restarting("the settle was not sent"))
             }
             Verdict::Drop => Gate::Swallow,
             Verdict::Duplicate => Gate::Twice,
             Verdict::Error(k) => Gate::Fail(Error::new(k, "chaos: injected settle error")),
             Verdict::Partition(PartitionMode::Fail) => Gate::Fail(partitioned()),
             Verdict::Partition(PartitionMode::Hang) => {
-                self.faults.wait_healed(&site).await;
+                self.backend.shared.faults.wait_healed(&site).await;
                 Gate::Forward
             }
             _ => Gate::Forward,

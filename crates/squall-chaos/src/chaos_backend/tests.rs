@@ -2,6 +2,7 @@
 //! follows it, so leases expire without real waiting).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use squall_broker::Broker;
@@ -465,4 +466,138 @@ async fn the_same_seed_drops_the_same_messages_through_the_backend() {
     );
     assert_eq!(a, dropped(77).await, "same seed, same losses");
     assert_ne!(a, dropped(78).await, "another seed, other losses");
+}
+
+/// A wrapper over `broker` that reopens a fresh handle of it on restart, counting reopens.
+fn reopening(broker: &Broker, faults: &Faults, label: &str) -> (ChaosBackend, Arc<AtomicU32>) {
+    let opened = Arc::new(AtomicU32::new(0));
+    let (b, n) = (broker.clone(), opened.clone());
+    let chaos = ChaosBackend::builder(Arc::new(broker.handle()), faults.clone())
+        .label(label)
+        .with_restart(move || {
+            n.fetch_add(1, Ordering::Relaxed);
+            let h = b.handle();
+            async move { Ok(Arc::new(h) as Arc<dyn Backend>) }
+        })
+        .build();
+    (chaos, opened)
+}
+
+async fn until_restarted(chaos: &ChaosBackend, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while chaos.restarts() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no restart within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_verdict_reopens_the_backend_and_every_confirmed_message_arrives() {
+    let broker = Broker::in_memory().unwrap();
+    let faults = Faults::new(Seed::new(21));
+    let (chaos, opened) = reopening(&broker, &faults, "producers");
+    let mut c = chaos.subscribe(sub(Duration::from_secs(30))).await.unwrap();
+    let mut confirmed = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        chaos.publish(msg(i)).await.expect("confirmed before");
+        confirmed.insert(format!("m{i}"));
+    }
+    // Message 10 restarts the backend, down for a second: it is not sent, and its producer is
+    // told so.
+    let bounce = Fault::Restart {
+        downtime: Duration::from_secs(1),
+    };
+    let _g = faults
+        .add(Rule::new("bounce", Point::Publish, bounce).limit(1))
+        .unwrap();
+    let e = chaos.publish(msg(10)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("restarts"), "{e}");
+    until_restarted(&chaos, 1).await;
+    assert_eq!(opened.load(Ordering::Relaxed), 1, "reopened once");
+    // Message 10 again (the producer's retry), and ten more, on the reopened backend.
+    for i in 10..21 {
+        chaos.publish(msg(i)).await.expect("confirmed after");
+        confirmed.insert(format!("m{i}"));
+    }
+    let mut received = std::collections::BTreeSet::new();
+    while received.len() < confirmed.len() {
+        let d = recv(&mut c).await;
+        received.insert(d.message().id().to_string());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        received, confirmed,
+        "every message confirmed before and after the restart is delivered"
+    );
+    let restarts: Vec<_> = faults
+        .events()
+        .into_iter()
+        .filter(|e| e.fault == "restart")
+        .collect();
+    assert_eq!(restarts.len(), 1, "one restart injected");
+    assert_eq!(restarts[0].detail.as_deref(), Some("down 1s"));
+    assert_eq!(restarts[0].message_id.as_deref(), Some("m10"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_at_ack_fails_the_settle_and_the_message_comes_back() {
+    let broker = Broker::in_memory().unwrap();
+    let faults = Faults::new(Seed::new(22));
+    let (chaos, _) = reopening(&broker, &faults, "svc");
+    let mut c = chaos.subscribe(sub(Duration::from_secs(5))).await.unwrap();
+    chaos.publish(msg(1)).await.unwrap();
+    let bounce = Fault::Restart {
+        downtime: Duration::ZERO,
+    };
+    let _g = faults
+        .add(Rule::new("bounce-ack", Point::Ack, bounce).limit(1))
+        .unwrap();
+    let first = recv(&mut c).await;
+    let e = first.ack().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    until_restarted(&chaos, 1).await;
+    let again = recv(&mut c).await;
+    assert_eq!(again.message().id().as_str(), "m1", "redelivered");
+    again
+        .ack()
+        .await
+        .expect("the reopened backend takes the ack");
+    quiet(&mut c, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_rule_is_refused_without_a_wrapper_that_can_reopen() {
+    let (_broker, faults, plain) = setup(23);
+    let rule = Rule::new(
+        "bounce",
+        Point::Publish,
+        Fault::Restart {
+            downtime: Duration::ZERO,
+        },
+    );
+    let e = faults.add(rule.clone()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    assert!(
+        e.to_string().contains("with_restart") && e.to_string().contains("bounce"),
+        "the error names the rule and the fix: {e}"
+    );
+    // With a wrapper that can reopen, the rule is accepted; the wrapper that cannot never
+    // draws for it.
+    let broker = Broker::in_memory().unwrap();
+    let (able, _) = reopening(&broker, &faults, "able");
+    assert!(faults.can_restart());
+    let _g = faults.add(rule.clone()).unwrap();
+    plain.publish(msg(1)).await.expect("not restarted");
+    assert!(faults.events().is_empty());
+    drop(_g);
+    drop(able);
+    assert!(
+        !faults.can_restart(),
+        "the registry forgets a dropped wrapper"
+    );
+    assert!(faults.add(rule).is_err());
 }

@@ -310,3 +310,31 @@ fn every_injection_increments_the_metric() {
         "one injection, one increment with its labels; passes are not counted"
     );
 }
+
+#[test]
+fn restart_verdicts_are_counted_like_the_others() {
+    let rec = CountingRecorder::default();
+    let seen = rec.0.clone();
+    let f = Faults::new(Seed::new(6));
+    let _able = f.reopener();
+    f.install(Rule::new(
+        "bounce",
+        Point::Deliver,
+        Fault::Restart {
+            downtime: Duration::from_millis(250),
+        },
+    ))
+    .unwrap();
+    let v = metrics::with_local_recorder(&rec, || {
+        f.decide(&Site::new(Point::Deliver).group(Some("billing")))
+    });
+    assert_eq!(v, Verdict::Restart(Duration::from_millis(250)));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(
+            "chaos_injected_total{point=deliver,fault=restart,group=billing}".to_string(),
+            1
+        )]
+    );
+    assert_eq!(f.events()[0].detail.as_deref(), Some("down 250ms"));
+}

@@ -1,4 +1,5 @@
-//! Brokers the lab does not own: start and stop shell commands.
+//! Brokers the lab does not own: start and stop (and optionally pause and resume) shell
+//! commands.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,12 +10,20 @@ use super::{ProcessError, Ready};
 
 /// A broker the lab does not own, driven by shell commands (`sh -c`), e.g.
 /// `systemctl stop rabbitmq-server` / `docker start nats`.
+///
+/// Each command must finish (within `timeout`): one that leaves a process running in the
+/// background must also redirect that process's output (`nats-server ... >log 2>&1 &`), since the
+/// lab reads the command's standard error until it closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalBroker {
     /// Starts it.
     pub start: String,
     /// Stops it.
     pub stop: String,
+    /// Freezes it (e.g. `docker pause nats`); `None`: pausing is unsupported.
+    pub pause: Option<String>,
+    /// Thaws it after `pause`.
+    pub resume: Option<String>,
     /// Readiness check after `start`.
     pub ready: Ready,
     /// Bounds each command and the ready check.
@@ -27,6 +36,8 @@ impl ExternalBroker {
         ExternalBroker {
             start: start.into(),
             stop: stop.into(),
+            pause: None,
+            resume: None,
             ready: Ready::Immediately,
             timeout: Duration::from_secs(60),
         }
@@ -41,22 +52,17 @@ impl ExternalBroker {
         self.timeout = d;
         self
     }
+    /// Sets the pause and resume commands.
+    pub fn pause_resume(mut self, pause: impl Into<String>, resume: impl Into<String>) -> Self {
+        self.pause = Some(pause.into());
+        self.resume = Some(resume.into());
+        self
+    }
 
     /// Runs the start command, then waits until ready.
     pub async fn start(&self) -> Result<(), ProcessError> {
         run_shell(&self.start, self.timeout).await?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        while !self.ready.check().await {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProcessError::NotReady {
-                    program: self.start.clone(),
-                    check: self.ready.describe(),
-                    after: self.timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        self.wait_ready(&self.start).await
     }
 
     /// Runs the stop command.
@@ -68,6 +74,39 @@ impl ExternalBroker {
     pub async fn restart(&self) -> Result<(), ProcessError> {
         self.stop().await?;
         self.start().await
+    }
+
+    /// Runs the pause command; `Ok(false)` when there is none.
+    pub async fn pause(&self) -> Result<bool, ProcessError> {
+        match &self.pause {
+            Some(c) => run_shell(c, self.timeout).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Runs the resume command, then waits until ready; `Ok(false)` when there is none.
+    pub async fn resume(&self) -> Result<bool, ProcessError> {
+        let Some(c) = &self.resume else {
+            return Ok(false);
+        };
+        run_shell(c, self.timeout).await?;
+        self.wait_ready(c).await?;
+        Ok(true)
+    }
+
+    async fn wait_ready(&self, command: &str) -> Result<(), ProcessError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while !self.ready.check().await {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProcessError::NotReady {
+                    program: command.to_string(),
+                    check: self.ready.describe(),
+                    after: self.timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 }
 

@@ -129,3 +129,37 @@ fn flip_bit_changes_exactly_one_bit() {
     let mut empty = Message::builder("a").unwrap().build();
     assert!(!flip_bit(&mut empty, 3));
 }
+
+#[test]
+fn restart_rules_parse_from_toml_and_fit_every_point_but_connect() {
+    let r: Rule = toml::from_str(
+        "name = \"bounce\"\npoint = \"deliver\"\nfault = { kind = \"restart\", downtime = \"500ms\" }",
+    )
+    .unwrap();
+    assert_eq!(
+        r.fault,
+        Fault::Restart {
+            downtime: Duration::from_millis(500)
+        }
+    );
+    r.validate().unwrap();
+    let at_once: Rule =
+        toml::from_str("name = \"b\"\npoint = \"ack\"\nfault = { kind = \"restart\" }").unwrap();
+    assert_eq!(
+        at_once.fault,
+        Fault::Restart {
+            downtime: Duration::ZERO
+        }
+    );
+    let connect: Rule =
+        toml::from_str("name = \"b\"\npoint = \"connect\"\nfault = { kind = \"restart\" }")
+            .unwrap();
+    assert!(connect.validate().is_err(), "reopening passes `connect`");
+    assert!(
+        toml::from_str::<Rule>(
+            "name = \"b\"\npoint = \"ack\"\nfault = { kind = \"restart\", after = \"1s\" }"
+        )
+        .is_err(),
+        "unknown keys are refused"
+    );
+}

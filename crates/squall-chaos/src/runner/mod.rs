@@ -9,20 +9,33 @@
 //! ```
 //!
 //! - The target comes from a [`TargetFactory`] ([`RunOptions::target`]; by default
-//!   [`target::open_builtin`] reads the scenario's `[target]`). The runner only asks it for
-//!   clients and process faults; see [`target`].
+//!   [`target::open_builtin`] reads the scenario's `[target]`; [`target::with_connector`] adds
+//!   external brokers). The runner only asks it for clients, reopen functions and process
+//!   faults; see [`target`]. Before anything starts, the target may refuse the scenario
+//!   ([`Target::check`]), and a scenario with `restart` rules is refused when the target has no
+//!   reopen function.
+//! - On a broker shared with others ([`Target::shared_broker`]) the run uses
+//!   [`Scenario::isolated`] subjects, with a random tag, so queues and dedup windows left by other
+//!   runs (or by this one, replayed) play no part.
 //! - Producers and consumers use separate clients that reconnect by themselves, exactly as
 //!   applications would. Each is wrapped in a [`ChaosBackend`] over one [`Faults`] registry seeded
-//!   with the run's seed; producers' sites carry the group `producers`, consumers' sites their
+//!   with the run's seed, with the target's reopen function for `restart` rules; producers' sites carry the group `producers`, consumers' sites their
 //!   consumer group, so `groups` in a rule selects a side.
 //! - Sides listed in the scenario's `[proxy]` dial a [`crate::proxy`] fault proxy in front of the
 //!   target instead of the target itself.
 //! - Each phase: its name becomes the registry's phase, its process `actions` run, its rules and
 //!   proxy faults are installed; at its end they are removed and the phase's fault window is
 //!   recorded (process faults have their own windows, from kill to start and pause to resume).
+//! - The workload is fitted to the backend ([`Workload::fit`]): subscription options it lacks
+//!   (per-key ordering, durable groups, dead letters) are dropped, each with a note in the
+//!   report; the criteria stay, so what the backend cannot promise shows in the verdict.
+//! - Consumers (and the dead-letter observer) subscribe first; producers start once every one
+//!   of them is subscribed (a broker may drop what nobody is subscribed to yet: a RabbitMQ group
+//!   queue exists from its first subscription on).
 //! - Drain: producers stop offering load and finish their retries; then the runner waits (at most
 //!   `drain`) until every confirmed message reached every group and every accepted reject is in
-//!   the dead-letter queue.
+//!   the dead-letter queue. Producers still waiting for confirms when the drain time runs out
+//!   stop waiting: those messages count as unaccounted, with a note.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,8 +52,9 @@ use crate::faults::Faults;
 use crate::report::{Report, Window};
 use crate::rng::Seed;
 use crate::scenario::{Action, Scenario, Side};
-use crate::workload::{Progress, Workload, consume, merge, observe_dead_letters, produce};
+use crate::workload::{Progress, Workload, consume, merge, observe_dead_letters, produce_until};
 
+mod external;
 pub mod target;
 mod timeline;
 
@@ -129,9 +143,33 @@ pub async fn run_on(
     opts: &RunOptions,
     mut target: Box<dyn Target>,
 ) -> Result<Report, RunError> {
-    let result = drive(s, opts, target.as_mut()).await;
+    let isolated;
+    let s = if target.shared_broker() {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        isolated = s.isolated(&tag);
+        &isolated
+    } else {
+        s
+    };
+    let result = match preflight(s, target.as_ref()) {
+        Ok(()) => drive(s, opts, target.as_mut()).await,
+        Err(e) => Err(e),
+    };
     target.shutdown().await;
     result
+}
+
+/// Refuses what the target cannot carry out, before anything runs.
+fn preflight(s: &Scenario, target: &dyn Target) -> Result<(), RunError> {
+    target.check(s)?;
+    if s.has_restart_rules() && target.reopener(None, "producers").is_none() {
+        return Err(RunError::Scenario(format!(
+            "scenario `{}` has `restart` rules, but {} cannot reopen its clients",
+            s.name,
+            target.describe()
+        )));
+    }
+    Ok(())
 }
 
 /// The tasks of a run and how to stop them.
@@ -141,6 +179,8 @@ struct Tasks {
     observer: Option<JoinHandle<Vec<Event>>>,
     printer: Option<JoinHandle<()>>,
     stop_producing: CancellationToken,
+    /// Producers stop waiting for outstanding confirms (the drain time ran out).
+    abandon_producing: CancellationToken,
     stop_consuming: CancellationToken,
     stop_observing: CancellationToken,
 }
@@ -148,6 +188,7 @@ struct Tasks {
 impl Tasks {
     fn cancel(&self) {
         self.stop_producing.cancel();
+        self.abandon_producing.cancel();
         self.stop_consuming.cancel();
         self.stop_observing.cancel();
     }
@@ -163,33 +204,44 @@ async fn drive(
     let faults = Faults::new(Seed::new(seed));
     let endpoint = target.endpoint();
     let proxies = Proxies::start(s.proxies(), endpoint.as_deref(), Seed::new(seed)).await?;
-    let w: Arc<Workload> = Arc::new(s.workload.clone());
     let raw_producers = target
         .connect(proxies.via(Side::Producers).as_deref(), "producers")
         .await?;
     let raw_consumers = target
         .connect(proxies.via(Side::Consumers).as_deref(), "consumers")
         .await?;
+    let (fitted, notes) = s
+        .workload
+        .fit(&raw_consumers.capabilities(), raw_consumers.name());
+    for n in &notes {
+        eprintln!("  note: {n}");
+    }
+    let w: Arc<Workload> = Arc::new(fitted);
     let observer = match w.dead_letters_expected() {
         true => Some(target.connect(None, "observer").await?),
         false => None,
     };
-    let producers: Arc<dyn Backend> = Arc::new(
-        ChaosBackend::builder(raw_producers.clone(), faults.clone())
-            .label("producers")
-            .build(),
-    );
-    let consumers: Arc<dyn Backend> = Arc::new(
-        ChaosBackend::builder(raw_consumers.clone(), faults.clone())
-            .label("consumers")
-            .build(),
-    );
+    let wrap = |raw: &Arc<dyn Backend>, side: Side, label: &str| {
+        let mut b = ChaosBackend::builder(raw.clone(), faults.clone()).label(label);
+        if let Some(f) = target.reopener(proxies.via(side).as_deref(), label) {
+            b = b.reopen(f);
+        }
+        Arc::new(b.build()) as Arc<dyn Backend>
+    };
+    let producers = wrap(&raw_producers, Side::Producers, "producers");
+    let consumers = wrap(&raw_consumers, Side::Consumers, "consumers");
 
     let progress = Arc::new(Progress::default());
+    let mut tasks = spawn_consumers(&w, &consumers, observer.as_ref(), &progress);
+    if let Err(e) = subscribed(&w, observer.is_some(), &progress).await {
+        tasks.cancel();
+        proxies.stop().await;
+        return Err(e);
+    }
     let start = Timestamp::now();
     let started = Instant::now();
     faults.reset_epoch();
-    let mut tasks = spawn(&w, &producers, &consumers, observer.as_ref(), &progress);
+    spawn_producers(&mut tasks, &w, &producers, &progress);
     if opts.progress {
         tasks.printer = Some(printer(progress.clone(), started, &tasks.stop_observing));
     }
@@ -215,7 +267,8 @@ async fn drive(
         return Err(e);
     }
 
-    let buffers = drain(s, &w, &progress, tasks).await;
+    let mut notes = notes;
+    let buffers = drain(s, &w, &progress, tasks, &mut notes).await;
     let _ = producers.close().await;
     let _ = consumers.close().await;
     if let Some(o) = &observer {
@@ -223,19 +276,66 @@ async fn drive(
     }
     proxies.stop().await;
     Ok(report(
-        s, seed, replay, target, &faults, &w, buffers, timeline, phases, start, started,
+        s, seed, replay, target, &faults, &w, notes, buffers, timeline, phases, start, started,
     ))
 }
 
-/// Starts consumers (and the dead-letter observer) first, then producers.
-fn spawn(
+/// How long the consumers may take to subscribe before the run is refused.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until every consumer (and the observer) is subscribed, so nothing is published before
+/// there is somewhere to route it (a RabbitMQ group queue exists from its first subscription
+/// on). Fails with the last subscribe error after [`SUBSCRIBE_TIMEOUT`].
+async fn subscribed(w: &Workload, observer: bool, progress: &Progress) -> Result<(), RunError> {
+    let all = w.groups.len() as u64 * u64::from(w.consumers) + u64::from(observer);
+    let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
+    while progress.subscribed.load(Ordering::Relaxed) < all {
+        if Instant::now() >= deadline {
+            return Err(RunError::Target(format!(
+                "{} of {all} consumers could not subscribe within {SUBSCRIBE_TIMEOUT:?}: {}",
+                all - progress.subscribed.load(Ordering::Relaxed),
+                progress
+                    .last_subscribe_error()
+                    .unwrap_or_else(|| "no error reported".into())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Starts the producers.
+fn spawn_producers(
+    tasks: &mut Tasks,
     w: &Arc<Workload>,
     producers: &Arc<dyn Backend>,
+    progress: &Arc<Progress>,
+) {
+    tasks.producers = (0..w.producers)
+        .map(|p| {
+            tokio::spawn(produce_until(
+                w.clone(),
+                producers.clone(),
+                p,
+                Timestamp::now,
+                progress.clone(),
+                tasks.stop_producing.clone(),
+                tasks.abandon_producing.clone(),
+            ))
+        })
+        .collect();
+}
+
+/// Starts the consumers and the dead-letter observer (the producers come once they are
+/// subscribed).
+fn spawn_consumers(
+    w: &Arc<Workload>,
     consumers: &Arc<dyn Backend>,
     observer: Option<&Arc<dyn Backend>>,
     progress: &Arc<Progress>,
 ) -> Tasks {
     let stop_producing = CancellationToken::new();
+    let abandon_producing = CancellationToken::new();
     let stop_consuming = CancellationToken::new();
     let stop_observing = CancellationToken::new();
     let mut cs = Vec::new();
@@ -263,24 +363,13 @@ fn spawn(
             stop_observing.clone(),
         ))
     });
-    let ps = (0..w.producers)
-        .map(|p| {
-            tokio::spawn(produce(
-                w.clone(),
-                producers.clone(),
-                p,
-                Timestamp::now,
-                progress.clone(),
-                stop_producing.clone(),
-            ))
-        })
-        .collect();
     Tasks {
-        producers: ps,
+        producers: Vec::new(),
         consumers: cs,
         observer,
         printer: None,
         stop_producing,
+        abandon_producing,
         stop_consuming,
         stop_observing,
     }
@@ -329,10 +418,10 @@ async fn play(
             let from = Timestamp::now();
             target.act(*action).await?;
             match action {
-                Action::Kill9 => open.push(("kill -9".into(), from)),
+                Action::Kill9 => open.push((target.kill_label().into(), from)),
                 Action::Pause => open.push(("pause".into(), from)),
                 Action::Resume => close(&mut open, "pause", timeline),
-                Action::Start => close(&mut open, "kill -9", timeline),
+                Action::Start => close(&mut open, target.kill_label(), timeline),
                 Action::Restart => timeline.push(Event::Fault {
                     name: "restart".into(),
                     start: from,
@@ -370,20 +459,45 @@ fn close(open: &mut Vec<(String, Timestamp)>, name: &str, timeline: &mut Vec<Eve
     }
 }
 
-/// Stops offering load and waits for confirms; then, within the drain time, waits for every
-/// confirmed message in every group, stops the consumers (which finish their settles in
-/// flight), and waits for every accepted reject in the dead-letter queue before stopping its
-/// observer. Returns the tasks' event buffers.
-async fn drain(s: &Scenario, w: &Workload, progress: &Progress, tasks: Tasks) -> Vec<Vec<Event>> {
+/// Stops offering load and waits for confirms (producers still waiting at the end of the drain
+/// time give up waiting and hand in what they recorded, with a note); then, within the drain
+/// time, waits for every confirmed message in every group, stops the consumers (which finish
+/// their settles in flight), and waits for every accepted reject in the dead-letter queue before
+/// stopping its observer. Returns the tasks' event buffers.
+async fn drain(
+    s: &Scenario,
+    w: &Workload,
+    progress: &Progress,
+    tasks: Tasks,
+    notes: &mut Vec<String>,
+) -> Vec<Vec<Event>> {
     tasks.stop_producing.cancel();
     let deadline = Instant::now() + s.drain;
     let mut buffers = Vec::new();
-    for p in tasks.producers {
-        match tokio::time::timeout_at(deadline.into(), p).await {
-            Ok(Ok(events)) => buffers.push(events),
-            Ok(Err(e)) => tracing::error!("producer task failed: {e}"),
-            Err(_) => tracing::warn!("a producer did not finish within the drain time"),
+    let abandon = &tasks.abandon_producing;
+    for mut p in tasks.producers {
+        let joined = tokio::select! {
+            r = &mut p => r,
+            _ = tokio::time::sleep_until(deadline.into()), if !abandon.is_cancelled() => {
+                abandon.cancel();
+                p.await
+            }
+        };
+        match joined {
+            Ok(events) => buffers.push(events),
+            Err(e) => tracing::error!("producer task failed: {e}"),
         }
+    }
+    if tasks.abandon_producing.is_cancelled() {
+        let open = progress.sent.load(Ordering::Relaxed).saturating_sub(
+            progress.confirmed.load(Ordering::Relaxed) + progress.failed.load(Ordering::Relaxed),
+        );
+        let note = format!(
+            "producers still waited for the outcome of {open} publishes (no confirm, no error) when the drain time ({:?}) ran out: they count as unaccounted",
+            s.drain
+        );
+        tracing::warn!("{note}");
+        notes.push(note);
     }
     let groups = w.groups.len() as u64;
     while Instant::now() < deadline
@@ -422,6 +536,7 @@ fn report(
     target: &dyn Target,
     faults: &Faults,
     w: &Workload,
+    notes: Vec<String>,
     mut buffers: Vec<Vec<Event>>,
     timeline: Vec<Event>,
     phases: Vec<Window>,
@@ -460,6 +575,7 @@ fn report(
         seed,
         replay,
         target: target.describe(),
+        notes,
         duration_s,
         pass: verdicts.iter().all(|v| v.pass),
         verdicts,

@@ -7,12 +7,14 @@
 //!   loopback port; process faults act on that child by PID, never on anything else;
 //! - [`UrlTarget`]: a squall server that is already running (no process faults).
 //!
-//! Another broker plugs in as another [`Target`]: a factory that opens, say, a NATS adapter for
-//! a `--backend nats://...` URL, with the scenario's start and stop commands
-//! ([`crate::process::ExternalBroker`]) for its process faults, goes into
-//! [`RunOptions::target`](super::RunOptions::target) and the runner uses it unchanged — clients
-//! through fault proxies included, as long as [`Target::endpoint`] names the TCP address the
-//! clients dial.
+//! Any other broker is an [`ExternalTarget`]: a URL (`nats://…`, `amqp://…`) reached through a
+//! [`Connector`] the caller supplies, since this crate depends on no adapter, with the
+//! scenario's start and stop commands ([`crate::process::ExternalBroker`]) for its process
+//! faults. [`with_connector`] is the factory that opens all three kinds of `[target]`
+//! (`server`, `url`, `external`); the `squall` CLI passes it its `backends::connect`, and
+//! `squall chaos run --backend URL` opens an [`ExternalTarget`] for the URL whatever the
+//! scenario's `[target]` says. Clients reach the broker through fault proxies as long as
+//! [`Target::endpoint`] names the TCP address they dial.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,8 +26,11 @@ use squall_client::{Client, ClientConfig, WhenDisconnected};
 use squall_core::Backend;
 
 use super::{RunError, RunOptions};
-use crate::process::{ManagedProcess, ProcessSpec};
+use crate::chaos_backend::Factory;
+use crate::process::{ExternalBroker, ManagedProcess, ProcessSpec, Ready};
 use crate::scenario::{Action, Scenario, TargetKind};
+
+pub use super::external::{CommandNames, Connector, ExternalTarget, host_port, redact, via};
 
 /// The system under test.
 #[async_trait]
@@ -45,6 +50,35 @@ pub trait Target: Send + Sync {
     /// recovers, not how fast a client gives up.
     async fn connect(&self, via: Option<&str>, name: &str) -> Result<Arc<dyn Backend>, RunError>;
 
+    /// The reopen function of the `name` side's chaos wrapper: opens a fresh client as
+    /// [`connect`](Self::connect) does, for message-level `restart` rules. `None` (the default):
+    /// scenarios with restart rules are refused.
+    fn reopener(&self, via: Option<&str>, name: &str) -> Option<Factory> {
+        let _ = (via, name);
+        None
+    }
+
+    /// Whether the broker may hold other runs' queues and messages (one the lab did not start
+    /// fresh): the runner then gives the run's subjects a unique first token
+    /// ([`Scenario::isolated`]). Default: false.
+    fn shared_broker(&self) -> bool {
+        false
+    }
+
+    /// Refuses, before anything runs, a scenario the target cannot carry out (e.g. process
+    /// faults without the commands for them). Default: everything is accepted (and
+    /// [`act`](Self::act) may still answer [`RunError::Unsupported`]).
+    fn check(&self, s: &Scenario) -> Result<(), RunError> {
+        let _ = s;
+        Ok(())
+    }
+
+    /// What a `kill9` action is called in fault windows and reports (default `kill -9`; an
+    /// external broker's stop command may be gentler).
+    fn kill_label(&self) -> &'static str {
+        "kill -9"
+    }
+
     /// Applies a process fault. Targets without process control answer
     /// [`RunError::Unsupported`].
     async fn act(&mut self, action: Action) -> Result<(), RunError>;
@@ -60,9 +94,13 @@ pub type TargetFactory = Arc<
         + Sync,
 >;
 
-/// The built-in targets: `kind = "server"` → [`ServeTarget`], `kind = "url"` → [`UrlTarget`].
+/// The built-in targets: `kind = "server"` → [`ServeTarget`], `kind = "url"` → [`UrlTarget`];
+/// `kind = "external"` needs a connector ([`with_connector`]) and is refused here.
 pub async fn open_builtin(s: &Scenario, opts: &RunOptions) -> Result<Box<dyn Target>, RunError> {
     match s.target.kind {
+        TargetKind::External => Err(RunError::Target(
+            "target kind `external` needs a connector for its URL: run it with `squall chaos run`, or set RunOptions::target to runner::target::with_connector(..)".into(),
+        )),
         TargetKind::Server => Ok(Box::new(
             ServeTarget::start(opts.squall_bin.clone(), &s.target.sync).await?,
         )),
@@ -73,6 +111,61 @@ pub async fn open_builtin(s: &Scenario, opts: &RunOptions) -> Result<Box<dyn Tar
                 })?;
             Ok(Box::new(UrlTarget::new(&url)?))
         }
+    }
+}
+
+/// The factory of every `[target]` kind: the built-in ones, and `external` through `connector`.
+pub fn with_connector(connector: Connector) -> TargetFactory {
+    Arc::new(move |s: &Scenario, opts: &RunOptions| {
+        let (s, opts, connector) = (s.clone(), opts.clone(), connector.clone());
+        Box::pin(async move {
+            if s.target.kind != TargetKind::External {
+                return open_builtin(&s, &opts).await;
+            }
+            Ok(Box::new(external(&s, connector)?) as Box<dyn Target>)
+        })
+    })
+}
+
+/// The [`ExternalTarget`] a scenario's `[target]` (`kind = "external"`) describes.
+pub fn external(s: &Scenario, connector: Connector) -> Result<ExternalTarget, RunError> {
+    let t = &s.target;
+    let url = t
+        .url
+        .clone()
+        .ok_or_else(|| RunError::Target("target kind `external` needs `target.url`".into()))?;
+    let mut target = ExternalTarget::new(url.clone(), connector);
+    if let (Some(start), Some(stop)) = (&t.start, &t.stop) {
+        let ready = match t.ready.as_deref() {
+            None => ExternalTarget::default_ready(&url),
+            Some(r) => parse_ready(r)?,
+        };
+        let mut b = ExternalBroker::new(start, stop)
+            .ready(ready)
+            .timeout(t.timeout);
+        if let (Some(p), Some(r)) = (&t.pause, &t.resume) {
+            b = b.pause_resume(p, r);
+        }
+        target = target.commands(b);
+    }
+    Ok(target)
+}
+
+/// A `ready` setting: `none`, `http://…` (GET answering 200) or `host:port` (TCP connect).
+pub fn parse_ready(r: &str) -> Result<Ready, RunError> {
+    if r == "none" {
+        Ok(Ready::Immediately)
+    } else if r.starts_with("http://") {
+        Ok(Ready::Http(r.to_string()))
+    } else if r
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
+        Ok(Ready::Tcp(r.to_string()))
+    } else {
+        Err(RunError::Scenario(format!(
+            "target.ready `{r}`: expected `none`, an http:// URL or host:port"
+        )))
     }
 }
 
@@ -87,6 +180,19 @@ async fn squall_client(mut config: ClientConfig, name: &str) -> Result<Arc<dyn B
         .await
         .map_err(|e| RunError::Target(format!("connecting to {addr}: {e}")))?;
     Ok(Arc::new(c))
+}
+
+/// A reopen function opening [`squall_client`]s with `config`.
+fn reopen_squall(config: ClientConfig, name: &str) -> Option<Factory> {
+    let name = name.to_string();
+    Some(Arc::new(move || {
+        let (config, name) = (config.clone(), name.clone());
+        Box::pin(async move {
+            squall_client(config, &name).await.map_err(|e| {
+                squall_core::Error::new(squall_core::ErrorKind::Unavailable, e.to_string())
+            })
+        })
+    }))
 }
 
 /// A `squall serve` child process on a fresh data directory and a free loopback port.
@@ -145,6 +251,10 @@ impl Target for ServeTarget {
         squall_client(ClientConfig::new(via.unwrap_or(&self.addr)), name).await
     }
 
+    fn reopener(&self, via: Option<&str>, name: &str) -> Option<Factory> {
+        reopen_squall(ClientConfig::new(via.unwrap_or(&self.addr)), name)
+    }
+
     async fn act(&mut self, action: Action) -> Result<(), RunError> {
         let p = &mut self.process;
         let r = match action {
@@ -197,6 +307,14 @@ impl Target for UrlTarget {
             config.addr = addr.to_string();
         }
         squall_client(config, name).await
+    }
+
+    fn reopener(&self, via: Option<&str>, name: &str) -> Option<Factory> {
+        let mut config = self.config.clone();
+        if let Some(addr) = via {
+            config.addr = addr.to_string();
+        }
+        reopen_squall(config, name)
     }
 
     async fn act(&mut self, action: Action) -> Result<(), RunError> {

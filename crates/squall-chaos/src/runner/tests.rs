@@ -164,3 +164,146 @@ async fn the_same_seed_gives_the_same_scenario_fault_schedule_twice() {
     let (c, _) = play(0x5eee).await;
     assert_ne!(a, c, "another seed: another schedule");
 }
+
+/// An external target over the embedded broker: its "commands" are `true` (the broker stays up:
+/// what is exercised is the runner's path), its connector opens a broker handle and counts
+/// what it opened.
+fn embedded_external(
+    url: &str,
+) -> (
+    super::target::ExternalTarget,
+    Arc<std::sync::atomic::AtomicU32>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let broker = Broker::in_memory().unwrap();
+    let opened = Arc::new(AtomicU32::new(0));
+    let n = opened.clone();
+    let connector: super::target::Connector = Arc::new(move |_url: &str| {
+        n.fetch_add(1, Ordering::Relaxed);
+        let h = broker.handle();
+        Box::pin(async move { Ok(Arc::new(h) as Arc<dyn Backend>) })
+    });
+    let target = super::target::ExternalTarget::new(url, connector)
+        .commands(crate::process::ExternalBroker::new("true", "true"));
+    (target, opened)
+}
+
+const EXTERNAL: &str = r#"
+    name = "bounce"
+    drain = "10s"
+    [target]
+    kind = "external"
+    url = "mem://user:secret@embedded"
+    start = "true"
+    stop = "true"
+    [workload]
+    producers = 1
+    consumers = 1
+    rate = 400
+    count = 400
+    keys = 4
+    [[phase]]
+    name = "baseline"
+    duration = "300ms"
+    [[phase]]
+    name = "bounce"
+    duration = "400ms"
+    actions = ["kill9"]
+    [[phase.rule]]
+    name = "bounce-consumers"
+    point = "deliver"
+    probability = 0.1
+    limit = 2
+    fault = { kind = "restart", downtime = "50ms" }
+    [[phase]]
+    name = "recover"
+    duration = "300ms"
+    actions = ["start"]
+    [criteria]
+    max_lost = 0
+"#;
+
+#[tokio::test]
+async fn an_external_target_runs_a_scenario_with_restart_rules_and_process_faults() {
+    use std::sync::atomic::Ordering;
+    let s = Scenario::parse(EXTERNAL, "bounce.toml").unwrap();
+    let (target, opened) = embedded_external("mem://user:secret@embedded");
+    let opts = super::RunOptions {
+        seed: Some(3),
+        squall_bin: "squall".into(),
+        progress: false,
+        replay: "replay".into(),
+        target: None,
+    };
+    let report = super::run_on(&s, &opts, Box::new(target)).await.unwrap();
+    assert_eq!(report.findings.lost, 0, "{}", report.summary());
+    assert!(report.pass, "{}", report.summary());
+    assert_eq!(
+        report.target, "mem://user:***@embedded (external broker; process faults by its commands)",
+        "the report names the backend, without its password"
+    );
+    let restarts = report
+        .injections
+        .get("bounce-consumers: restart@deliver")
+        .copied()
+        .unwrap_or(0);
+    assert!(restarts >= 1, "{:?}", report.injections);
+    assert!(
+        opened.load(Ordering::Relaxed) > 2,
+        "producers and consumers connected, then the consumers reopened"
+    );
+    assert!(
+        report.faults.iter().any(|w| w.name == "stop"),
+        "the stop/start window is on the timeline: {:?}",
+        report.faults
+    );
+}
+
+#[tokio::test]
+async fn an_external_target_without_commands_refuses_process_faults_by_name() {
+    let s = Scenario::parse(EXTERNAL, "bounce.toml").unwrap();
+    let broker = Broker::in_memory().unwrap();
+    let connector: super::target::Connector = Arc::new(move |_url: &str| {
+        let h = broker.handle();
+        Box::pin(async move { Ok(Arc::new(h) as Arc<dyn Backend>) })
+    });
+    let target = super::target::ExternalTarget::new("nats://127.0.0.1:1", connector).names(
+        super::target::CommandNames {
+            start: "--start",
+            stop: "--stop",
+            pause: "--pause",
+            resume: "--resume",
+        },
+    );
+    let opts = super::RunOptions {
+        seed: Some(1),
+        squall_bin: "squall".into(),
+        progress: false,
+        replay: String::new(),
+        target: None,
+    };
+    let e = super::run_on(&s, &opts, Box::new(target))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("--start") && text.contains("--stop") && text.contains("kill9, start"),
+        "{text}"
+    );
+}
+
+#[test]
+fn isolated_scenarios_rename_the_subjects_first_token_everywhere() {
+    let mut s = Scenario::parse(EXTERNAL, "bounce.toml").unwrap();
+    s.phases[1].rules[0].subject = Some(squall_core::Pattern::new("chaos.orders.>").unwrap());
+    let i = s.isolated("ab12");
+    assert_eq!(i.workload.subject, "chaos-ab12.orders");
+    assert_eq!(
+        i.phases[1].rules[0].subject.as_ref().unwrap().as_str(),
+        "chaos-ab12.orders.>"
+    );
+    assert_eq!(
+        i.workload.groups, s.workload.groups,
+        "groups keep their names"
+    );
+}

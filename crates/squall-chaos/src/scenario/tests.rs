@@ -268,3 +268,44 @@ fn the_documented_example_is_a_valid_scenario() {
     assert_eq!(s.phases[1].rules.len(), 1);
     assert_eq!(s.phases[1].proxy.len(), 1);
 }
+
+#[test]
+fn external_targets_need_a_url_and_the_commands_their_faults_use() {
+    let ext = r#"
+    name = "t"
+    [target]
+    kind = "external"
+    url = "nats://127.0.0.1:4222"
+    start = "svc start"
+    stop = "svc stop"
+    [[phase]]
+    name = "a"
+    duration = "2s"
+    actions = ["kill9"]
+"#;
+    let s = Scenario::parse(ext, "t.toml").unwrap();
+    assert_eq!(s.target.kind, TargetKind::External);
+    assert_eq!(s.target.timeout, Duration::from_secs(60));
+    let e = err(&ext.replace("url = \"nats://127.0.0.1:4222\"\n", ""));
+    assert!(e.contains("target.url"), "{e}");
+    let e = err(&ext.replace("start = \"svc start\"\n", ""));
+    assert!(e.contains("target.start"), "{e}");
+    let e = err(&ext
+        .replace("start = \"svc start\"\n", "")
+        .replace("stop = \"svc stop\"\n", ""));
+    assert!(e.contains("target.start") && e.contains("kill9"), "{e}");
+    let e = err(&ext.replace("kill9", "pause"));
+    assert!(e.contains("target.pause"), "{e}");
+    let paused = ext.replace("kill9", "pause").replace(
+        "stop = \"svc stop\"",
+        "stop = \"svc stop\"\npause = \"p\"\nresume = \"r\"\nready = \"none\"",
+    );
+    Scenario::parse(&paused, "t.toml").unwrap();
+    let e = err(&ext.replace(
+        "stop = \"svc stop\"",
+        "stop = \"svc stop\"\nready = \"soon\"",
+    ));
+    assert!(e.contains("target.ready"), "{e}");
+    let e = err(&OK.replace("kind = \"server\"", "kind = \"server\"\nstart = \"x\""));
+    assert!(e.contains("target.kind"), "{e}");
+}

@@ -19,17 +19,25 @@ use crate::checker::{Event, Stamp};
 /// How long a stopping consumer waits for its settles still in flight.
 const SETTLE_GRACE: Duration = Duration::from_secs(5);
 
-/// Subscribes, retrying while the target is down (until `stop`).
+/// Subscribes, retrying while the target is down (until `stop`); counts the subscription in
+/// `progress` once it stands, and keeps the last failure there for the runner to report.
 async fn subscribe(
     backend: &Arc<dyn Backend>,
     sub: Subscription,
+    progress: &Progress,
     stop: &CancellationToken,
 ) -> Option<Box<dyn squall_core::Consumer>> {
     loop {
         match backend.subscribe(sub.clone()).await {
-            Ok(c) => return Some(c),
+            Ok(c) => {
+                progress
+                    .subscribed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Some(c);
+            }
             Err(e) => {
                 tracing::debug!("subscribe failed, retrying: {e}");
+                progress.subscribe_failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = stop.cancelled() => return None,
@@ -98,7 +106,7 @@ where
             return events;
         }
     };
-    let Some(mut c) = subscribe(&backend, sub, &stop).await else {
+    let Some(mut c) = subscribe(&backend, sub, &progress, &stop).await else {
         return events;
     };
     let (settle, settled) = settler(w.max_in_flight);
@@ -221,11 +229,19 @@ where
     N: Fn() -> Timestamp + Send + Sync,
 {
     let mut events = Vec::new();
+    // From the first dead letter where the backend can replay; otherwise the group's queue
+    // holds what arrives from now on (the observer subscribes before anything is produced).
+    let replay = backend.capabilities().replay_by_sequence.available();
     let sub = match Subscription::new(format!("dlq.{}.>", w.subject)).and_then(|s| {
-        Ok(s.group("chaos-dlq-observer")?
+        let s = s
+            .group("chaos-dlq-observer")?
             .durable(true)
-            .start(StartPosition::First)
-            .ack_wait(Duration::from_secs(30)))
+            .ack_wait(Duration::from_secs(30));
+        Ok(if replay {
+            s.start(StartPosition::First)
+        } else {
+            s
+        })
     }) {
         Ok(s) => s,
         Err(e) => {
@@ -233,7 +249,7 @@ where
             return events;
         }
     };
-    let Some(mut c) = subscribe(&backend, sub, &stop).await else {
+    let Some(mut c) = subscribe(&backend, sub, &progress, &stop).await else {
         return events;
     };
     loop {
