@@ -5,12 +5,12 @@
 //! | `squall://host:port` | a `squall serve` through squall-client |
 //! | `nats://host:port` | NATS core; `?jetstream=1` for JetStream (squall-nats) |
 //! | `amqp://user:pass@host:port/vhost` | RabbitMQ (squall-amqp) |
-//! | `sqs://…` | refused: there is no SQS adapter yet |
+//! | `sqs://host:port?region=…` | Amazon SQS or an SQS-compatible server (squall-sqs; `sqs://aws?region=…` for Amazon's endpoint) |
 //! | `kafka://host:port` | Kafka-protocol brokers (squall-kafka; binary built with `--features kafka`) |
 
 use std::sync::Arc;
 
-use squall_core::{Backend, Error, ErrorKind, Result};
+use squall_core::{Backend, Error, Result};
 
 /// Connects to the backend `url` names.
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
@@ -23,15 +23,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
         }
         "nats" => Ok(Arc::new(squall_nats::connect_url(url).await?)),
         "amqp" | "amqps" => Ok(Arc::new(squall_amqp::AmqpBackend::connect_url(url).await?)),
-        "sqs" => Err(Error::new(
-            ErrorKind::Unsupported,
-            "sqs:// is not available in this build",
-        )),
+        "sqs" => Ok(Arc::new(squall_sqs::connect_url(url).await?)),
         #[cfg(feature = "kafka")]
         "kafka" => Ok(Arc::new(squall_kafka::connect_url(url).await?)),
         #[cfg(not(feature = "kafka"))]
         "kafka" => Err(Error::new(
-            ErrorKind::Unsupported,
+            squall_core::ErrorKind::Unsupported,
             "this squall binary was built without Kafka support: build it with `--features kafka`",
         )),
         _ => Err(Error::config(
@@ -64,6 +61,7 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use squall_core::ErrorKind;
 
     #[test]
     fn passwords_are_redacted_and_the_rest_kept() {

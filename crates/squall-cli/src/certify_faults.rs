@@ -118,9 +118,23 @@ async fn workload(
 ) -> anyhow::Result<FaultFigures> {
     let backend = backends::connect(url).await?;
     let tag = format!("{:08x}", rand::random::<u32>());
-    let subject = |k: u64| Subject::new(format!("certify.{tag}.keys.k{k}"));
     let caps = backend.capabilities();
-    let mut sub = Subscription::new(format!("certify.{tag}.keys.*"))?
+    // One subject per key under a wildcard, or (a backend without wildcards, e.g. SQS) one
+    // subject for all keys: the key travels in the message either way.
+    let wildcards = caps.wildcards.available();
+    let subject = |k: u64| {
+        if wildcards {
+            Subject::new(format!("certify.{tag}.keys.k{k}"))
+        } else {
+            Subject::new(format!("certify.{tag}.keys"))
+        }
+    };
+    let pattern = if wildcards {
+        format!("certify.{tag}.keys.*")
+    } else {
+        format!("certify.{tag}.keys")
+    };
+    let mut sub = Subscription::new(pattern)?
         .group(format!("certify{tag}"))?
         .durable(caps.durable_groups.available())
         .ordered_by_key(caps.key_ordering.available());

@@ -1,0 +1,193 @@
+//! Shared by the adapter's tests: the server URL (from `SQUALL_SQS_URL`), a unique queue prefix
+//! per test, a conformance [`Harness`], boto3 as another client, and cleanup of every queue a
+//! test created.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use squall_core::{Backend, Capabilities, Result};
+use squall_sqs::{SqsBackend, SqsConfig};
+use squall_testkit::{Harness, Timing};
+
+/// `SQUALL_SQS_URL`, or `None` with a printed notice when it is unset; unset under
+/// `SQUALL_REQUIRE_PEERS=1` fails the test.
+pub fn sqs_url() -> Option<String> {
+    match std::env::var("SQUALL_SQS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
+                "SQUALL_SQS_URL is unset and SQUALL_REQUIRE_PEERS=1"
+            );
+            println!("SKIP: SQUALL_SQS_URL is unset; not testing the SQS adapter");
+            None
+        }
+    }
+}
+
+/// A fresh queue prefix: `sqt-<label, 6 at most>-<8 hex>-`.
+pub fn unique_prefix(label: &str) -> String {
+    let s = uuid::Uuid::now_v7().simple().to_string();
+    let label: String = label.chars().take(6).collect();
+    format!("sqt-{label}-{}-", &s[s.len() - 8..])
+}
+
+/// `base` with adapter options appended.
+pub fn with_options(base: &str, options: &str) -> String {
+    if options.is_empty() {
+        return base.to_string();
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}{options}")
+}
+
+/// One test's SQS: a unique queue prefix, and on drop the deletion of every queue under it.
+pub struct Scope {
+    pub base: String,
+    pub prefix: String,
+    pub url: String,
+}
+
+impl Scope {
+    /// A scope for `label` with extra adapter `options` (`key=value&...`).
+    pub fn new(base: &str, label: &str, options: &str) -> Scope {
+        let prefix = unique_prefix(label);
+        let mut opts = format!("queue_prefix={prefix}");
+        if !options.is_empty() {
+            opts.push('&');
+            opts.push_str(options);
+        }
+        Scope {
+            base: base.to_string(),
+            url: with_options(base, &opts),
+            prefix,
+        }
+    }
+
+    pub fn config(&self) -> SqsConfig {
+        SqsConfig::from_url(&self.url).expect("test URL")
+    }
+
+    /// A new handle.
+    pub async fn backend(&self) -> Result<SqsBackend> {
+        SqsBackend::connect_url(&self.url).await
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        // Drop cannot await: delete from a thread with its own runtime.
+        let cleaner = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                match SqsBackend::connect_url(&url).await {
+                    Ok(b) => {
+                        if let Err(e) = b.delete_queues().await {
+                            eprintln!("cleanup: deleting the queues of {url}: {e}");
+                        }
+                    }
+                    Err(e) => eprintln!("cleanup: connecting to {url}: {e}"),
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// The conformance harness: one [`Scope`] per case (so one queue prefix per case), a new
+/// handle per `backend()` call, and no restart (moto keeps messages in memory only).
+pub struct SqsHarness {
+    pub scope: Scope,
+    caps: Capabilities,
+}
+
+impl SqsHarness {
+    pub fn new(base: &str, label: &str, options: &str) -> Self {
+        let scope = Scope::new(base, label, options);
+        let caps = squall_sqs::capabilities(&scope.config());
+        SqsHarness { scope, caps }
+    }
+}
+
+#[async_trait]
+impl Harness for SqsHarness {
+    fn name(&self) -> String {
+        "sqs".into()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+
+    async fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(self.scope.backend().await?))
+    }
+
+    async fn restart(&self) -> Result<Option<Arc<dyn Backend>>> {
+        // moto_server keeps everything in memory and is shared: it is never restarted here.
+        Ok(None)
+    }
+
+    fn timing(&self) -> Timing {
+        Timing::real()
+    }
+}
+
+/// `http://host:port` of `SQUALL_SQS_URL`, for boto3.
+pub fn endpoint(base: &str) -> String {
+    match SqsConfig::from_url(base).expect("SQUALL_SQS_URL").endpoint {
+        squall_sqs::Endpoint::Url { url, .. } => url,
+        squall_sqs::Endpoint::Aws => panic!("the tests need an endpoint override, not AWS"),
+    }
+}
+
+/// Runs `script` with python3 and boto3 against the test server: `sqs` is a boto3 client, and
+/// `ARGS` the JSON `args`. Returns what the script printed on stdout; panics with its stderr if
+/// it failed.
+pub async fn boto3(base: &str, script: &str, args: serde_json::Value) -> String {
+    let region = SqsConfig::from_url(base).expect("SQUALL_SQS_URL").region;
+    let prelude = format!(
+        "import json, sys, boto3\n\
+         ARGS = json.loads(sys.argv[1])\n\
+         sqs = boto3.client('sqs', endpoint_url='{}', region_name='{region}', \
+         aws_access_key_id='test', aws_secret_access_key='test')\n",
+        endpoint(base)
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .arg(args.to_string())
+            .output(),
+    )
+    .await
+    .expect("python3 within 60 s")
+    .expect("running python3");
+    assert!(
+        out.status.success(),
+        "python3 failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 from python3")
+}
+
+/// Waits up to `limit` for `cond`, checking every 20 ms.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
