@@ -28,6 +28,8 @@ use crate::backends;
 const KEYS: u64 = 8;
 const OUTAGE: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest drain after the producers finished.
+const DRAIN: Duration = Duration::from_secs(60);
 
 /// What the fault scenario observed.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -236,7 +238,10 @@ async fn workload(
         confirmed.extend(r?);
     }
     let first_confirm_after_up = *after_up.lock().await;
-    // Drain: until every confirmed message arrived, or nothing new for 10 s.
+    // Drain: until every confirmed message arrived, or nothing new for 10 s, or DRAIN after the
+    // producers finished (its own window: slow producers must not shorten it, or messages
+    // merely late would count as lost).
+    let drain_started = Instant::now();
     let mut last = (received.load(Ordering::Relaxed), Instant::now());
     loop {
         let now = received.load(Ordering::Relaxed);
@@ -244,7 +249,8 @@ async fn workload(
             let s = seen.lock().await;
             confirmed.iter().all(|id| s.received.contains_key(id))
         };
-        if have_all || last.1.elapsed() > Duration::from_secs(10) || started.elapsed() > TIMEOUT {
+        if have_all || last.1.elapsed() > Duration::from_secs(10) || drain_started.elapsed() > DRAIN
+        {
             break;
         }
         if now != last.0 {
