@@ -227,8 +227,12 @@ fn concurrent_appends_share_fsyncs() {
     let syncs = rec.syncs.load(Ordering::Relaxed);
     assert_eq!(s.bounds().last, 2000);
     assert!(syncs >= 1);
+    // Without group commit every append costs an fsync (2000). Eight appenders each waiting
+    // for its own commit share most fsyncs, but how many depends on scheduling (on a loaded
+    // 2-core machine batches average about 4): require that fsyncs are shared on average, not
+    // a particular batch size.
     assert!(
-        syncs < 2000 / 4,
+        syncs <= 2000 / 2,
         "{syncs} fsyncs for 2000 appends from 8 tasks: no group commit"
     );
 }
