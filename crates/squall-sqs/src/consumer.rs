@@ -5,17 +5,24 @@
 //! published after `subscribe` returns is received. A driver task per consumer then owns the
 //! receiving:
 //!
-//! - it holds one permit per delivery the application may hold (`max_in_flight`) and asks SQS
-//!   for as many messages as it has permits (at most `batch_size`, and one at a time with
-//!   `ordered_by_key`), waiting up to `wait_time` (long polling), so nothing is received that
-//!   the application could not take: a message never waits in the client while its visibility
-//!   timeout runs;
+//! - it asks SQS for a batch (`batch_size`, or one message with `ordered_by_key`), waiting up
+//!   to `wait_time` (long polling), only when the application could take it: when it holds
+//!   fewer than `max_in_flight` unsettled deliveries, and when at most one batch it received
+//!   waits in the client for `next`. A message's visibility timeout runs from the moment SQS
+//!   hands it out, so what waits in the client is kept to one batch ahead of the application
+//!   (prefetch), and a delivery whose lease ran out before `next` took it is not handed over:
+//!   it comes again (its timer made it visible);
 //! - it decodes each message, deletes those whose time to live is over, moves those it cannot
 //!   decode to `<queue_prefix>parked` (reported to the application as `InvalidMessage`),
 //!   dead-letters those already past `max_deliveries`, and leases the rest (see
-//!   [`crate::lease`]), handing them over a channel bounded by `max_in_flight + 16`;
+//!   [`crate::lease`]), handing them over a channel bounded by two batches plus 16 reports;
 //! - when a receive fails it reports the error once through `next`, retries with backoff, and
-//!   recreates its queue if it was deleted.
+//!   recreates its queue if it was deleted. A long poll cut by a network fault may still have
+//!   been answered by SQS into the lost connection: what it took is received by nobody and
+//!   comes again when its visibility timeout (`ack_wait + lease_grace`) ends, as the next
+//!   attempt. Nothing is lost, but it is late by up to that timeout; keep `ack_wait` short
+//!   (and extend leases for long work) where that matters. (FIFO queues offer
+//!   `ReceiveRequestAttemptId` to fetch such a batch again; the adapter does not use it yet.)
 //!
 //! `close` (or dropping the consumer, or closing the backend handle) makes what the consumer
 //! held visible again at once, for the group's other members, and deletes the queue of a
@@ -43,7 +50,7 @@ use crate::lease::{Lease, Shared, SqsAcker};
 use crate::naming;
 use crate::queues::{Binding, Queues};
 
-/// Extra room in the hand-over channel beyond `max_in_flight`, for error reports.
+/// Extra room in the hand-over channel beyond the prefetch, for error reports.
 const SLACK: usize = 16;
 /// The most unsettled deliveries one consumer may hold.
 const MAX_IN_FLIGHT: usize = 65_535;
@@ -109,7 +116,8 @@ pub(crate) fn check(sub: &Subscription, queues: &Queues) -> Result<Subject> {
 
 /// A live subscription; see the module docs.
 pub struct SqsConsumer {
-    rx: mpsc::Receiver<Result<Delivery>>,
+    /// Deliveries (each with its prefetch permit, freed when `next` takes it) and reports.
+    rx: mpsc::Receiver<Handover>,
     driver: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
     /// Whether the queue is this consumer's own (deleted when it ends).
@@ -172,12 +180,15 @@ impl SqsConsumer {
             sub.policy.clone(),
             parent.child_token(),
         );
-        let (tx, rx) = mpsc::channel(sub.policy.max_in_flight + SLACK);
-        let permits = Arc::new(Semaphore::new(sub.policy.max_in_flight));
         let batch = if sub.policy.ordered_by_key {
             1
         } else {
             usize::from(cfg.batch_size)
+        };
+        let (tx, rx) = mpsc::channel(2 * batch + SLACK);
+        let permits = Permits {
+            flight: Arc::new(Semaphore::new(sub.policy.max_in_flight)),
+            prefetch: Arc::new(Semaphore::new(2 * batch)),
         };
         let driver = tokio::spawn(drive(shared.clone(), permits, tx, owned, batch));
         Ok(SqsConsumer {
@@ -208,7 +219,18 @@ impl Drop for SqsConsumer {
 #[async_trait]
 impl Consumer for SqsConsumer {
     async fn next(&mut self) -> Option<Result<Delivery>> {
-        self.rx.recv().await
+        loop {
+            let (item, prefetch) = self.rx.recv().await?;
+            drop(prefetch);
+            match item {
+                Ok(d) if d.deadline() <= Timestamp::now() => {
+                    // Its timer already made it visible again: handing it over would only
+                    // give the application work it can no longer settle.
+                    tracing::debug!(id = %d.message().id(), queue = %self.shared.name, "lease ran out before `next` took the delivery; it comes again");
+                }
+                other => return Some(other),
+            }
+        }
     }
 
     async fn close(&mut self) -> Result<()> {
@@ -225,6 +247,18 @@ impl Consumer for SqsConsumer {
         while self.rx.try_recv().is_ok() {}
         Ok(())
     }
+}
+
+/// What the driver hands to `next`: a delivery with its prefetch permit, or a report.
+type Handover = (Result<Delivery>, Option<OwnedSemaphorePermit>);
+
+/// The driver's two limits.
+struct Permits {
+    /// One per unsettled delivery the application may hold (`max_in_flight`).
+    flight: Arc<Semaphore>,
+    /// One per received delivery waiting for `next` (two batches: the driver receives a batch
+    /// when one batch's worth is free, so at most one batch waits beyond the one being taken).
+    prefetch: Arc<Semaphore>,
 }
 
 /// Exponential backoff with full jitter.
@@ -254,8 +288,8 @@ impl Backoff {
 
 async fn drive(
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    tx: mpsc::Sender<Result<Delivery>>,
+    permits: Permits,
+    tx: mpsc::Sender<Handover>,
     owned: bool,
     batch: usize,
 ) {
@@ -265,17 +299,27 @@ async fn drive(
     let mut reported = false;
     let visibility = shared.visibility();
     'outer: loop {
+        // Room for a batch in the client first, then at least one delivery the application may
+        // hold; the request asks for no more than both allow.
+        let mut prefetch = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => break,
+            p = permits.prefetch.clone().acquire_many_owned(batch as u32) => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let first = tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
+            p = permits.flight.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
         };
         let mut held = vec![first];
         while held.len() < batch {
-            match permits.clone().try_acquire_owned() {
+            match permits.flight.clone().try_acquire_owned() {
                 Ok(p) => held.push(p),
                 Err(_) => break,
             }
@@ -291,6 +335,7 @@ async fn drive(
         if shared.cancel.is_cancelled() {
             break;
         }
+        tracing::trace!(queue = %shared.name, asking = held.len(), free = permits.flight.available_permits(), "receiving");
         let receiving =
             shared
                 .queues
@@ -310,6 +355,7 @@ async fn drive(
         // waited before): the lease counts from the answer, and `lease_grace` covers its transit.
         let arrived = Instant::now();
         drop(turn);
+        tracing::trace!(queue = %shared.name, received = ?received.as_ref().map(|m| m.len()), "received");
         match received {
             Ok(msgs) => {
                 backoff.reset();
@@ -330,7 +376,8 @@ async fn drive(
                         shared.queues.release(&shared.url, r).await;
                         continue;
                     };
-                    if !handle(&shared, &acker, m, permit, arrived, &tx).await {
+                    let waiting = prefetch.split(1);
+                    if !handle(&shared, &acker, m, (permit, waiting), arrived, &tx).await {
                         // The application dropped the consumer.
                         shared.cancel.cancel();
                         break 'outer;
@@ -347,10 +394,17 @@ async fn drive(
                 }
                 if !reported {
                     reported = true;
-                    let _ = tx.try_send(Err(Error::new(
-                        e.kind(),
-                        format!("{e}; retrying (unsettled deliveries come again)"),
-                    )));
+                    let _ = tx.try_send((
+                        Err(Error::new(
+                            e.kind(),
+                            format!(
+                                "{e}; retrying (unsettled deliveries, and what a cut long poll \
+                                 took, come again when their visibility timeout of {}s ends)",
+                                visibility.as_secs()
+                            ),
+                        )),
+                        None,
+                    ));
                 }
                 tokio::select! {
                     _ = shared.cancel.cancelled() => break,
@@ -387,9 +441,9 @@ async fn handle(
     shared: &Arc<Shared>,
     acker: &Arc<dyn Acker>,
     m: SqsMessage,
-    permit: OwnedSemaphorePermit,
+    (permit, waiting): (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
     arrived: Instant,
-    tx: &mpsc::Sender<Result<Delivery>>,
+    tx: &mpsc::Sender<Handover>,
 ) -> bool {
     let Some(receipt) = m.receipt_handle().map(str::to_string) else {
         return true;
@@ -412,7 +466,7 @@ async fn handle(
                     e
                 }
             };
-            return tx.send(Err(e)).await.is_ok();
+            return tx.send((Err(e), waiting)).await.is_ok();
         }
     };
     if r.expires_at.is_some_and(|at| at <= now) {
@@ -460,7 +514,7 @@ async fn handle(
         group: shared.group.clone(),
         lease: LeaseId { sequence: 0, nonce },
     };
-    tx.send(Ok(Delivery::new(r.message, info, acker.clone())))
+    tx.send((Ok(Delivery::new(r.message, info, acker.clone())), waiting))
         .await
         .is_ok()
 }

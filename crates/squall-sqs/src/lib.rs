@@ -32,7 +32,7 @@
 //! | publish | `SendMessage` to every queue bound to the subject (dropped when there is none, or `NoResponders` with `mandatory=true`) |
 //! | publish batch | `SendMessageBatch`, 10 messages per request |
 //! | publish ack | SQS's answer for every bound queue; durability as configured (`durability`) |
-//! | `max_in_flight` | how many messages the consumer asks for: never more than the application can hold |
+//! | `max_in_flight` | how many unsettled deliveries the application may hold; the consumer also keeps at most two batches received ahead of `next` (a visibility timeout runs from the receive), and drops a delivery whose lease ran out before `next` took it (it comes again) |
 //! | ack | `DeleteMessage` (`DeleteMessageBatch` for acks queued together) |
 //! | lease, nack delay, extend | the visibility timeout (see [Leases](crate#leases)) |
 //! | attempt | `ApproximateReceiveCount` |
@@ -96,6 +96,10 @@
 //!   across availability zones before answering), `memory` for any other endpoint.
 //! - **At-least-once.** A send that timed out may have been stored; the SDK retries (3 attempts)
 //!   and a retrying caller can store a message twice on standard queues.
+//! - **Network faults and long polls.** A long poll cut by a fault may still be answered by SQS
+//!   into the lost connection; what it took comes again when its visibility timeout
+//!   (`ack_wait + lease_grace`) ends, as the next attempt: late, not lost. Keep `ack_wait` short
+//!   and extend leases for long work where that delay matters.
 //! - **Closing.** On a group's queue, a consumer's long poll in progress is let finish (at most
 //!   `wait_time`) in the background so that what it brings can be released; `close` itself
 //!   returns within a second.

@@ -1,8 +1,8 @@
 //! What the SQS adapter does beyond the universal suite, against the server at `SQUALL_SQS_URL`
 //! (moto_server here): configuration errors naming the option, an unreachable endpoint failing
 //! in time, size and delay limits refused before sending, redelivery by visibility timeout,
-//! SQS's own redrive policy (`max_receive`), batches, `mandatory`, parked dead letters and the
-//! lifetime of a subscription's own queue. Each test has its own queue prefix and deletes its
+//! SQS's own redrive policy (`max_receive`), batches, `mandatory`, parked dead letters, the
+//! prefetch bound under a stalled application and the lifetime of a subscription's own queue. Each test has its own queue prefix and deletes its
 //! queues when it ends.
 
 mod support;
@@ -147,6 +147,49 @@ async fn an_unacked_delivery_comes_back_after_its_visibility_timeout() {
     );
     d2.ack().await.must("acking the redelivery");
     expect_quiet(c.as_mut(), QUIET).await;
+}
+
+/// A message's visibility timeout runs from the moment SQS hands it out, so the consumer keeps
+/// at most two batches (`batch_size` 10) received ahead of an application that stalls, and
+/// never hands over a delivery whose lease ran out while it waited: after a stall longer than
+/// the lease, every delivery `next` returns can still be acked, at most 20 messages were
+/// received during the stall (they come again, as a second attempt), and all 60 arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_application_is_not_handed_deliveries_whose_lease_ran_out() {
+    let Some(base) = sqs_url() else { return };
+    let scope = Scope::new(&base, "stall", "lease_grace=1s&wait_time=1s");
+    let b = scope.backend().await.must("connecting");
+    let sub = Subscription::new("stall.jobs")
+        .and_then(|s| s.group("workers"))
+        .expect("subscription")
+        .ack_wait(Duration::from_secs(2));
+    let mut c = b.subscribe(sub).await.must("subscribing");
+    let n = 60;
+    let sends = (0..n).map(|i| b.publish(message("stall.jobs", &format!("s-{i}"), "work")));
+    for r in futures::future::join_all(sends).await {
+        r.must("publishing");
+    }
+    let first = recv(c.as_mut(), RECEIVE, "the first delivery").await;
+    let mut seen = std::collections::HashSet::from([first.message().id().to_string()]);
+    first.ack().await.must("acking the first delivery");
+    // The application stalls for longer than a lease (2 s) while the consumer runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut again = 0;
+    while seen.len() < n {
+        let d = recv(c.as_mut(), RECEIVE, "the rest after the stall").await;
+        if d.attempt() > 1 {
+            again += 1;
+        }
+        let id = d.message().id().to_string();
+        d.ack()
+            .await
+            .unwrap_or_else(|e| panic!("acking {id} after the stall: {e}"));
+        seen.insert(id);
+    }
+    assert!(
+        again <= 20,
+        "{again} deliveries came again: more than two batches were received during the stall"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
