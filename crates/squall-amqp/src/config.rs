@@ -30,6 +30,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use squall_core::options::{duration, flag, invalid, number};
 use squall_core::{Error, Result};
 use url::Url;
 
@@ -198,14 +199,14 @@ impl AmqpConfig {
                         "direct" => ExchangeKind::Direct,
                         "fanout" => ExchangeKind::Fanout,
                         "headers" => ExchangeKind::Headers,
-                        _ => return Err(bad(k, v, "topic, direct, fanout or headers")),
+                        _ => return Err(invalid(k, v, "topic, direct, fanout or headers")),
                     }
                 }
                 "queue_type" => {
                     cfg.queue_type = match v {
                         "classic" => QueueType::Classic,
                         "quorum" => QueueType::Quorum,
-                        _ => return Err(bad(k, v, "classic or quorum")),
+                        _ => return Err(invalid(k, v, "classic or quorum")),
                     }
                 }
                 "replicated" => cfg.replicated = flag(k, v)?,
@@ -316,49 +317,6 @@ impl AmqpConfig {
     pub fn redacted_url(&self) -> &str {
         &self.redacted
     }
-}
-
-fn bad(key: &str, value: &str, expected: &str) -> Error {
-    Error::config(
-        key,
-        format!(
-            "`{}` is not valid here: expected {expected}",
-            value.escape_debug()
-        ),
-    )
-}
-
-fn flag(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(bad(key, value, "true or false")),
-    }
-}
-
-fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .map_err(|_| bad(key, value, "a non-negative integer"))
-}
-
-/// Parses `250ms`, `5s`, `2m`, `1h`.
-pub(crate) fn duration(key: &str, value: &str) -> Result<Duration> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (n, unit) = value.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| bad(key, value, "a duration such as 250ms, 5s, 2m or 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(bad(key, value, "a duration such as 250ms, 5s, 2m or 1h")),
-    };
-    Ok(d)
 }
 
 fn redact(url: &Url) -> String {

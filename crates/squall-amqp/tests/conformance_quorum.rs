@@ -5,9 +5,9 @@
 
 mod support;
 
-use support::{AmqpHarness, amqp_url};
+use support::{amqp_harness, amqp_url};
 
 squall_testkit::conformance_tests!(real, || match amqp_url() {
-    Some(url) => AmqpHarness::new(&url, "quorum", "queue_type=quorum&max_payload=8388608"),
+    Some(url) => amqp_harness(&url, "quorum", "queue_type=quorum&max_payload=8388608"),
     None => return,
 });

@@ -31,6 +31,58 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
+/// A plain client's consumer `tag` on `ch`, of a server-named exclusive queue (`auto_delete` or
+/// not) bound to `exchange` with `binding`; the exchange is declared first, as squall declares it
+/// (a durable topic exchange).
+async fn plain_consumer(
+    ch: &lapin::Channel,
+    exchange: &str,
+    binding: &str,
+    tag: &str,
+    auto_delete: bool,
+) -> lapin::Consumer {
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        exchange.into(),
+        binding.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_consume(
+        q.name().clone(),
+        tag.into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_amqp_message_reaches_a_squall_subscriber_intact() {
     let Some(url) = amqp_url() else { return };
@@ -111,47 +163,7 @@ async fn a_squall_message_reaches_a_plain_consumer_with_properties_and_headers()
     let scope = Scope::new(&url, "interop-out", "");
     let plain = scope.plain().await;
     let ch = plain.create_channel().await.unwrap();
-    ch.exchange_declare(
-        scope.exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        scope.exchange.as_str().into(),
-        "interop.out.#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "plain".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = plain_consumer(&ch, &scope.exchange, "interop.out.#", "plain", true).await;
 
     let backend = scope.backend().await.must("connecting");
     let sent = Message::builder("interop.out.created")
@@ -211,46 +223,7 @@ async fn a_plain_responder_answers_a_squall_request() {
     let backend = scope.backend().await.must("connecting");
     let plain = scope.plain().await;
     let ch = plain.create_channel().await.unwrap();
-    ch.exchange_declare(
-        scope.exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        scope.exchange.as_str().into(),
-        "rpc.time".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut requests = ch
-        .basic_consume(
-            q.name().clone(),
-            "responder".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut requests = plain_consumer(&ch, &scope.exchange, "rpc.time", "responder", false).await;
     let responder = tokio::spawn(async move {
         let d = requests.next().await.unwrap().unwrap();
         let reply_to = d

@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use squall_amqp::AmqpBackend;
 use squall_chaos::proxy::api::loopback;
 use squall_chaos::proxy::{Direction, FaultKind, Proxy, ProxyFault, ProxyHandle};
 use squall_core::{ErrorKind, Message, Publisher, Subscriber, Subscription};
@@ -25,33 +26,34 @@ fn msg(id: &str) -> Message {
         .build()
 }
 
-/// A proxy to the broker of `base`, and `base` rewritten to go through it.
-async fn through_proxy(base: &str) -> (ProxyHandle, String) {
-    let u = url::Url::parse(base).unwrap();
+/// A proxy to the scope's broker, and a handle through it on the scope's exchange that
+/// reconnects with a backoff from 50 ms to `reconnect_max`.
+async fn through_proxy(scope: &Scope, reconnect_max: &str) -> (ProxyHandle, AmqpBackend) {
+    let u = url::Url::parse(&scope.base).unwrap();
     let upstream = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5672));
     let proxy = Proxy::new(loopback(0), upstream)
         .name("amqp")
         .spawn()
         .await
         .expect("starting the proxy");
-    let mut via = u.clone();
+    let mut via = u;
     via.set_host(Some("127.0.0.1")).unwrap();
     via.set_port(Some(proxy.listen_addr().port())).unwrap();
-    (proxy, via.to_string())
+    let opts = format!(
+        "exchange={}&reconnect_min=50ms&reconnect_max={reconnect_max}",
+        scope.exchange
+    );
+    let b = AmqpBackend::connect_url(&with_options(via.as_str(), &opts))
+        .await
+        .must("connecting through the proxy");
+    (proxy, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_connection_is_rebuilt_and_unsettled_messages_come_again() {
     let Some(url) = amqp_url() else { return };
     let scope = Scope::new(&url, "reconnect", "");
-    let (proxy, via) = through_proxy(&url).await;
-    let opts = format!(
-        "exchange={}&reconnect_min=50ms&reconnect_max=500ms",
-        scope.exchange
-    );
-    let b = squall_amqp::AmqpBackend::connect_url(&with_options(&via, &opts))
-        .await
-        .must("connecting through the proxy");
+    let (proxy, b) = through_proxy(&scope, "500ms").await;
     // Registered for cleanup: the group queue is durable.
     let direct = scope.backend().await.must("connecting directly");
     let sub = Subscription::new("r.>")
@@ -137,14 +139,7 @@ async fn a_reset_connection_is_rebuilt_and_unsettled_messages_come_again() {
 async fn publishing_while_disconnected_fails_fast_then_recovers() {
     let Some(url) = amqp_url() else { return };
     let scope = Scope::new(&url, "outage", "");
-    let (proxy, via) = through_proxy(&url).await;
-    let opts = format!(
-        "exchange={}&reconnect_min=50ms&reconnect_max=200ms",
-        scope.exchange
-    );
-    let b = squall_amqp::AmqpBackend::connect_url(&with_options(&via, &opts))
-        .await
-        .must("connecting through the proxy");
+    let (proxy, b) = through_proxy(&scope, "200ms").await;
     b.publish(msg("before"))
         .await
         .must("publishing before the outage");
@@ -178,14 +173,7 @@ async fn publishing_while_disconnected_fails_fast_then_recovers() {
 async fn confirms_owed_by_a_lost_connection_fail_instead_of_hanging() {
     let Some(url) = amqp_url() else { return };
     let scope = Scope::new(&url, "lost-confirms", "");
-    let (proxy, via) = through_proxy(&url).await;
-    let opts = format!(
-        "exchange={}&reconnect_min=50ms&reconnect_max=200ms",
-        scope.exchange
-    );
-    let b = squall_amqp::AmqpBackend::connect_url(&with_options(&via, &opts))
-        .await
-        .must("connecting through the proxy");
+    let (proxy, b) = through_proxy(&scope, "200ms").await;
     b.publish(msg("first")).await.must("a confirmed publish");
     // Nothing comes back from the broker any more: every confirm from here on is owed.
     proxy

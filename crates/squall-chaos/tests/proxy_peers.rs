@@ -14,16 +14,8 @@ const T: Duration = Duration::from_secs(10);
 
 /// `host:port` from `var`, or `None` (with a notice) when unset and not required.
 fn peer(var: &str, default_port: u16) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(host_port(&url, default_port)),
-        _ => {
-            if std::env::var("SQUALL_REQUIRE_PEERS").as_deref() == Ok("1") {
-                panic!("{var} is unset but SQUALL_REQUIRE_PEERS=1 requires the peer");
-            }
-            println!("SKIP: {var} is unset; not testing the proxy against this broker");
-            None
-        }
-    }
+    squall_testkit::peer_url(var, "the proxy against this broker")
+        .map(|u| host_port(&u, default_port))
 }
 
 /// `nats://user:pw@host:port/x` or `host:port` → `host:port`.

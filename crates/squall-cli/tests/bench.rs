@@ -13,18 +13,9 @@ use serde_json::Value;
 
 const WORKLOADS: [&str; 10] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
 
+/// The URL of a peer from `var`; `None` (with a notice) leaves it out of the check.
 fn peer(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
-                "{var} is unset and SQUALL_REQUIRE_PEERS=1"
-            );
-            eprintln!("notice: {var} is unset: its peer is left out of the bench harness check");
-            None
-        }
-    }
+    squall_testkit::peer_url(var, "this peer in the bench harness check")
 }
 
 fn bench(args: &[&str]) -> Output {

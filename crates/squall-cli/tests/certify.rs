@@ -3,54 +3,12 @@
 //! the fault proxy with nothing confirmed lost; against the machine's NATS (core, at-most-once)
 //! the same link cut is reported honestly, whatever it lost; a bad URL names the flag.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::process::{Command, Output};
 
 use serde_json::Value;
-
-/// A `squall serve` child process on a free port, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_squall"))
-            .args(["serve", "--sync", "fsync", "--admin", "off", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting squall serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "squall serve did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server {
-            child,
-            url: format!("squall://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::Server;
 
 fn certify(args: &[&str]) -> (Output, Vec<Value>, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -123,13 +81,7 @@ fn squall_serve_is_certified_with_nothing_lost_across_a_link_cut() {
 
 #[test]
 fn core_nats_is_certified_as_at_most_once() {
-    let Ok(url) = std::env::var("SQUALL_NATS_URL") else {
-        assert_ne!(
-            std::env::var("SQUALL_REQUIRE_PEERS").as_deref(),
-            Ok("1"),
-            "SQUALL_NATS_URL is unset and SQUALL_REQUIRE_PEERS=1"
-        );
-        println!("SKIP core_nats_is_certified_as_at_most_once: SQUALL_NATS_URL is unset");
+    let Some(url) = squall_testkit::peer_url("SQUALL_NATS_URL", "certify against core NATS") else {
         return;
     };
     let (out, certs, table) = certify(&[

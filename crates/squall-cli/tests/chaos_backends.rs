@@ -20,6 +20,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use squall_testkit::with_options;
+
 /// One test at a time.
 static BROKERS: Mutex<()> = Mutex::new(());
 
@@ -38,26 +40,17 @@ fn workspace() -> &'static Path {
 /// `false` with a printed notice (a failure under `SQUALL_REQUIRE_PEERS=1`).
 fn skip(why: &str) -> bool {
     assert!(
-        std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
+        !squall_testkit::peers_required(),
         "{why}, and SQUALL_REQUIRE_PEERS=1"
     );
     println!("SKIP: {why}");
     false
 }
 
+/// The URL of a broker from `var`, or `None` with a printed notice (a failure under
+/// `SQUALL_REQUIRE_PEERS=1`).
 fn env_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            skip(&format!("{var} is unset"));
-            None
-        }
-    }
-}
-
-fn with_options(base: &str, options: &str) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{options}")
+    squall_testkit::peer_url(var, "the chaos lab against this broker")
 }
 
 fn tag() -> String {

@@ -4,8 +4,10 @@
 //! their origin subject (or `--to`), where a consumer receives them, and the dead-letter queue is
 //! empty afterwards.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,55 +16,8 @@ use squall_client::{Client, ClientConfig};
 use squall_core::{Consumer, Message, Publisher, Subscriber, Subscription, headers};
 use squall_middleware::retry::{Backoff, RetryPolicy};
 use squall_middleware::{HandlerError, Incoming, Route, Router, handler_fn};
+use support::Server;
 use tokio_util::sync::CancellationToken;
-
-/// A `squall serve` child process on a free port, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_squall"))
-            .args(["serve", "--sync", "fsync", "--admin", "off", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(dir.path())
-            .env_remove("SQUALL_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting squall serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "squall serve did not listen within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server {
-            child,
-            url: format!("squall://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `squall ARGS --server URL` off the async workers.
 async fn squall(server: &str, args: &[&str]) -> Output {

@@ -15,6 +15,7 @@
 //! | [`capabilities`] | [`Capabilities`]: native / emulated / missing per feature |
 //! | [`traits`] | [`Publisher`], [`Subscriber`], [`Consumer`], [`Requester`], [`Backend`] |
 //! | [`error`] | [`Error`] with an [`ErrorKind`] and [`Error::is_retryable`] |
+//! | [`options`] | parsers of backend URL options (flags, integers, durations) whose errors name the option |
 //!
 //! ```
 //! use squall_core::{Message, Pattern, Subject};
@@ -33,6 +34,7 @@ pub mod delivery;
 pub mod error;
 pub mod headers;
 pub mod message;
+pub mod options;
 pub mod publish;
 pub mod subject;
 pub mod subscription;

@@ -35,6 +35,7 @@
 
 use std::time::Duration;
 
+use squall_core::options::{flag_on_off, nonempty, positive, positive_duration};
 use squall_core::{Durability, Error, Result};
 
 /// Bytes kept free on top of `max_payload` for the key and headers (squall's and the user's, at
@@ -164,7 +165,7 @@ impl KafkaConfig {
                         _ => return Err(Error::config(key, "expected -1 or a positive integer")),
                     }
                 }
-                "create_topics" => c.create_topics = boolean(key, value)?,
+                "create_topics" => c.create_topics = flag_on_off(key, value)?,
                 "acks" => {
                     c.acks = match value {
                         "all" | "-1" => Acks::All,
@@ -179,7 +180,7 @@ impl KafkaConfig {
                         _ => return Err(Error::config(key, "expected `log` or `memory`")),
                     }
                 }
-                "replicated" => c.replicated = boolean(key, value)?,
+                "replicated" => c.replicated = flag_on_off(key, value)?,
                 "linger" => c.linger = duration_or_zero(key, value)?,
                 "max_pending" => c.max_pending = positive(key, value)?,
                 "send_timeout" => c.send_timeout = duration(key, value)?,
@@ -311,35 +312,6 @@ fn group_prefix(key: &str, value: &str) -> Result<String> {
     Ok(value.to_string())
 }
 
-fn nonempty<'a>(key: &str, value: &'a str) -> Result<&'a str> {
-    if value.is_empty() {
-        Err(Error::config(key, "must not be empty"))
-    } else {
-        Ok(value)
-    }
-}
-
-fn boolean(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::config(
-            key,
-            format!("`{value}` is not 1/0/true/false"),
-        )),
-    }
-}
-
-fn positive<T: std::str::FromStr + PartialOrd + Default>(key: &str, value: &str) -> Result<T> {
-    match value.parse::<T>() {
-        Ok(v) if v > T::default() => Ok(v),
-        _ => Err(Error::config(
-            key,
-            format!("`{value}` is not a positive integer"),
-        )),
-    }
-}
-
 fn duration_or_zero(key: &str, value: &str) -> Result<Duration> {
     if value.trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
         return Ok(Duration::ZERO);
@@ -347,30 +319,10 @@ fn duration_or_zero(key: &str, value: &str) -> Result<Duration> {
     duration(key, value)
 }
 
-/// `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds; positive.
-pub(crate) fn duration(key: &str, value: &str) -> Result<Duration> {
-    let (num, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => value.split_at(i),
-        None => (value, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Error::config(key, format!("`{value}` is not a duration like 2s")))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(Error::config(
-                key,
-                format!("`{value}`: the unit must be ms, s, m or h"),
-            ));
-        }
-    };
-    if d.is_zero() {
-        return Err(Error::config(key, "must be positive"));
-    }
+/// `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds; positive, and short enough for
+/// librdkafka's millisecond `i32` settings.
+fn duration(key: &str, value: &str) -> Result<Duration> {
+    let d = positive_duration(key, value)?;
     if d > Duration::from_secs(i32::MAX as u64 / 1000) {
         return Err(Error::config(key, "is too long"));
     }

@@ -8,9 +8,9 @@
 
 mod support;
 
-use support::{KafkaHarness, kafka_url};
+use support::{kafka_harness, kafka_url};
 
 squall_testkit::conformance_tests!(real, || match kafka_url() {
-    Some(url) => KafkaHarness::new(&url, ""),
+    Some(url) => kafka_harness(&url, ""),
     None => return,
 });

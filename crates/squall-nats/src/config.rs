@@ -29,6 +29,7 @@
 
 use std::time::Duration;
 
+use squall_core::options::{flag_on_off, nonempty, positive, positive_duration};
 use squall_core::{Error, Result};
 
 /// Bytes kept free for the headers squall adds (id, key, timestamp, time to live and framing).
@@ -171,11 +172,11 @@ impl NatsConfig {
             server: format!("{host}:{}", parsed.port().unwrap_or(4222)),
             ..NatsConfig::default()
         };
-        let user = decode(parsed.username());
+        let user = percent_decode(parsed.username());
         match (user.is_empty(), parsed.password()) {
             (false, Some(p)) => {
                 c.user = Some(user);
-                c.password = Some(decode(p));
+                c.password = Some(percent_decode(p));
             }
             (false, None) => c.token = Some(user),
             (true, Some(_)) => return Err(Error::config("url", "a password without a user")),
@@ -186,7 +187,7 @@ impl NatsConfig {
             let (key, value) = (key.as_ref(), value.as_ref());
             match key {
                 "jetstream" => {
-                    c.mode = if boolean(key, value)? {
+                    c.mode = if flag_on_off(key, value)? {
                         Mode::JetStream
                     } else {
                         Mode::Core
@@ -215,10 +216,10 @@ impl NatsConfig {
                     }
                 }
                 "replicas" => c.replicas = positive(key, value)?,
-                "max_age" => c.max_age = Some(duration(key, value)?),
+                "max_age" => c.max_age = Some(positive_duration(key, value)?),
                 "max_bytes" => c.max_bytes = Some(positive::<i64>(key, value)?),
                 "max_msgs" => c.max_msgs = Some(positive::<i64>(key, value)?),
-                "duplicate_window" => c.duplicate_window = duration(key, value)?,
+                "duplicate_window" => c.duplicate_window = positive_duration(key, value)?,
                 "sync" => {
                     c.sync_always = match value {
                         "always" => true,
@@ -227,11 +228,11 @@ impl NatsConfig {
                     }
                 }
                 "max_pending_acks" => c.max_pending_acks = positive(key, value)?,
-                "api_timeout" => c.api_timeout = duration(key, value)?,
-                "pull_expires" => c.pull_expires = duration(key, value)?,
-                "group_expiry" => c.group_expiry = duration(key, value)?,
-                "fanout_expiry" => c.fanout_expiry = duration(key, value)?,
-                "connect_timeout" => c.connect_timeout = duration(key, value)?,
+                "api_timeout" => c.api_timeout = positive_duration(key, value)?,
+                "pull_expires" => c.pull_expires = positive_duration(key, value)?,
+                "group_expiry" => c.group_expiry = positive_duration(key, value)?,
+                "fanout_expiry" => c.fanout_expiry = positive_duration(key, value)?,
+                "connect_timeout" => c.connect_timeout = positive_duration(key, value)?,
                 other => {
                     return Err(Error::config(
                         other,
@@ -278,56 +279,11 @@ impl NatsConfig {
     }
 }
 
-fn decode(s: &str) -> String {
-    // Userinfo is percent-encoded in URLs.
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn nonempty<'a>(key: &str, value: &'a str) -> Result<&'a str> {
-    if value.is_empty() {
-        Err(Error::config(key, "must not be empty"))
-    } else {
-        Ok(value)
-    }
-}
-
-fn boolean(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::config(
-            key,
-            format!("`{value}` is not 1/0/true/false"),
-        )),
-    }
-}
-
-fn positive<T: std::str::FromStr + PartialOrd + Default>(key: &str, value: &str) -> Result<T> {
-    match value.parse::<T>() {
-        Ok(v) if v > T::default() => Ok(v),
-        _ => Err(Error::config(
-            key,
-            format!("`{value}` is not a positive integer"),
-        )),
-    }
+/// Userinfo is percent-encoded in URLs.
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A stream name: letters, digits, `-` and `_` (what every NATS server accepts).
@@ -344,33 +300,6 @@ fn stream_name(key: &str, value: &str) -> Result<String> {
         ));
     }
     Ok(value.to_string())
-}
-
-/// `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds.
-pub(crate) fn duration(key: &str, value: &str) -> Result<Duration> {
-    let (num, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => value.split_at(i),
-        None => (value, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Error::config(key, format!("`{value}` is not a duration like 2s")))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(Error::config(
-                key,
-                format!("`{value}`: the unit must be ms, s, m or h"),
-            ));
-        }
-    };
-    if d.is_zero() {
-        return Err(Error::config(key, "must be positive"));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -401,6 +330,12 @@ mod tests {
                 prefix: "squall".into(),
                 depth: 3
             }
+        );
+        let c = NatsConfig::from_url("nats://u:p%41@h").unwrap();
+        assert_eq!(
+            c.password.as_deref(),
+            Some("pA"),
+            "a trailing %41 is decoded"
         );
         let c = NatsConfig::from_url("nats://tok@h?jetstream=1&stream=ORDERS&subjects=orders.>,x")
             .unwrap();

@@ -9,9 +9,9 @@
 
 mod support;
 
-use support::{NatsHarness, nats_url};
+use support::{nats_harness, nats_url};
 
 squall_testkit::conformance_tests!(real, || match nats_url() {
-    Some(url) => NatsHarness::new(&url, "", "nats-core"),
+    Some(url) => nats_harness(&url, "", "nats-core"),
     None => return,
 });

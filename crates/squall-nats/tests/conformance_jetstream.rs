@@ -8,9 +8,9 @@
 
 mod support;
 
-use support::{JS_TEST_OPTIONS, NatsHarness, nats_url};
+use support::{JS_TEST_OPTIONS, nats_harness, nats_url};
 
 squall_testkit::conformance_tests!(real, || match nats_url() {
-    Some(url) => NatsHarness::new(&url, JS_TEST_OPTIONS, "nats-jetstream"),
+    Some(url) => nats_harness(&url, JS_TEST_OPTIONS, "nats-jetstream"),
     None => return,
 });

@@ -38,7 +38,7 @@ impl PrivateServer {
             }
         }
         assert!(
-            std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
+            !squall_testkit::peers_required(),
             "no nats-server binary and SQUALL_REQUIRE_PEERS=1"
         );
         println!("SKIP: no nats-server binary; not testing restarts");

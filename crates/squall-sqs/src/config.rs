@@ -48,6 +48,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use squall_core::options::{duration, flag, invalid, number};
 use squall_core::{Durability, Error, Result};
 use url::Url;
 
@@ -232,7 +233,7 @@ impl SqsConfig {
                         "written" => Durability::Written,
                         "fsynced" => Durability::Fsynced,
                         "replicated" => Durability::Replicated,
-                        _ => return Err(bad(k, v, "memory, written, fsynced or replicated")),
+                        _ => return Err(invalid(k, v, "memory, written, fsynced or replicated")),
                     })
                 }
                 "discovery_ttl" => cfg.discovery_ttl = duration(k, v)?,
@@ -437,67 +438,11 @@ fn is_loopback(host: &str) -> bool {
     h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|a| a.is_loopback())
 }
 
-fn bad(key: &str, value: &str, expected: &str) -> Error {
-    Error::config(
-        key,
-        format!(
-            "`{}` is not valid here: expected {expected}",
-            value.escape_debug()
-        ),
-    )
-}
-
-fn flag(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(bad(key, value, "true or false")),
-    }
-}
-
-fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .map_err(|_| bad(key, value, "a non-negative integer"))
-}
-
-/// Parses `250ms`, `5s`, `2m`, `1h`.
-fn duration(key: &str, value: &str) -> Result<Duration> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (n, unit) = value.split_at(split);
-    let expected = "a duration such as 250ms, 5s, 2m or 1h";
-    let n: u64 = n.parse().map_err(|_| bad(key, value, expected))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        _ => Err(bad(key, value, expected)),
-    }
-}
-
+/// Userinfo is percent-encoded in URLs.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn redact(url: &Url) -> String {
@@ -557,6 +502,15 @@ mod tests {
         assert!(!format!("{c:?}").contains("w0rd"), "{c:?}");
         assert!(c.redacted_url().contains("***"));
         assert_eq!(c.endpoint_display(), "https://sqs.eu-west-1.amazonaws.com");
+        let c = SqsConfig::from_url("sqs://AKID:s%41@aws?region=eu-west-1").unwrap();
+        assert_eq!(
+            c.credentials,
+            CredentialSource::Static {
+                access_key: "AKID".into(),
+                secret_key: "sA".into()
+            },
+            "a trailing %41 is decoded"
+        );
         let o = SqsConfig::from_url("sqs://sqs.internal:443?region=eu-west-1").unwrap();
         assert_eq!(
             o.endpoint,

@@ -9,9 +9,9 @@
 
 mod support;
 
-use support::{SqsHarness, sqs_url};
+use support::{sqs_harness, sqs_url};
 
 squall_testkit::conformance_tests!(real, || match sqs_url() {
-    Some(url) => SqsHarness::new(&url, "conf", ""),
+    Some(url) => sqs_harness(&url, "conf", ""),
     None => return,
 });

@@ -17,7 +17,7 @@ mod support;
 use std::sync::Arc;
 
 use squall_testkit::{Case, run_case};
-use support::{SqsHarness, sqs_url};
+use support::{sqs_harness, sqs_url};
 use tokio::sync::Semaphore;
 
 /// FIFO queues, and short long polls (see the module docs).
@@ -45,7 +45,7 @@ async fn conformance_on_fifo_queues() {
             case.info().name,
             tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await.expect("semaphore");
-                let harness = SqsHarness::new(&url, "fifo", FIFO);
+                let harness = sqs_harness(&url, "fifo", FIFO);
                 run_case(&harness, case).await;
             }),
         ));

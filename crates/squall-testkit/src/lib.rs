@@ -16,6 +16,7 @@
 //! | [`harness`] | [`Harness`]: how the suite gets a backend, restarts it, and how long to wait ([`Timing`]) |
 //! | [`case`] | [`Case`], [`CaseInfo`], [`cases()`], the [`Feature`]s a case needs |
 //! | [`helpers`] | [`unique_prefix`], [`collect`], [`recv`], [`expect_quiet`], [`Tally`], [`consume_all`] |
+//! | [`peers`] | tests against real brokers: [`peer_url`] (skip or fail when unset), [`with_options`], [`eventually`], [`PeerHarness`] |
 //! | `pubsub` | publish/subscribe, fan-out, topic isolation, wildcards, ordering, close, cancel, batches |
 //! | `groups` | consumer groups, subscriber close and concurrent close, flow control, durable groups |
 //! | `leases` | nack, lease expiry, extend, late acks, one holder at a time |
@@ -57,6 +58,7 @@
 pub mod case;
 pub mod harness;
 pub mod helpers;
+pub mod peers;
 
 mod dead_letters;
 mod delivery_options;
@@ -72,6 +74,9 @@ pub use harness::{Harness, Timing};
 pub use helpers::{
     Must, Rng, Seen, Tally, collect, consume_all, expect_err, expect_quiet, join, recv,
     unique_prefix,
+};
+pub use peers::{
+    PeerHarness, PeerScope, eventually, eventually_async, peer_url, peers_required, with_options,
 };
 
 use case::Ctx;

@@ -1,47 +1,30 @@
 //! Shared by the adapter's tests: the broker URL (from `SQUALL_AMQP_URL`), unique exchange names,
-//! a conformance [`Harness`], and cleanup of everything a test declared.
+//! a conformance harness ([`AmqpHarness`]), and cleanup of everything a test declared.
 
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use squall_amqp::{AmqpBackend, AmqpConfig};
-use squall_core::{Backend, Capabilities, Result};
-use squall_testkit::{Harness, Timing};
+use squall_core::{Backend, Result};
+use squall_testkit::{PeerHarness, PeerScope, peer_url};
+// Not every test binary uses each of these.
+#[allow(unused_imports)]
+pub use squall_testkit::{eventually, with_options};
 
 /// `SQUALL_AMQP_URL`, or `None` with a printed notice when it is unset; unset under
 /// `SQUALL_REQUIRE_PEERS=1` fails the test.
 pub fn amqp_url() -> Option<String> {
-    match std::env::var("SQUALL_AMQP_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
-                "SQUALL_AMQP_URL is unset and SQUALL_REQUIRE_PEERS=1"
-            );
-            println!("SKIP: SQUALL_AMQP_URL is unset; not testing the RabbitMQ adapter");
-            None
-        }
-    }
+    peer_url("SQUALL_AMQP_URL", "the RabbitMQ adapter")
 }
 
 /// A fresh exchange name: `squall.t.<label>.<8 hex>`.
 pub fn unique_exchange(label: &str) -> String {
     let s = uuid::Uuid::now_v7().simple().to_string();
     format!("squall.t.{label}.{}", &s[s.len() - 8..])
-}
-
-/// `base` with adapter options appended.
-pub fn with_options(base: &str, options: &str) -> String {
-    if options.is_empty() {
-        return base.to_string();
-    }
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{options}")
 }
 
 /// One test's RabbitMQ: a unique exchange, the handles opened on it, and cleanup on drop of
@@ -147,51 +130,17 @@ impl Drop for Scope {
 
 /// The conformance harness: one [`Scope`] per case (so one exchange per case), a new
 /// connection per `backend()` call, and no restart (the machine's RabbitMQ is shared).
-pub struct AmqpHarness {
-    pub scope: Scope,
-    caps: Capabilities,
-}
+pub type AmqpHarness = PeerHarness<Scope>;
 
-impl AmqpHarness {
-    pub fn new(base: &str, label: &str, options: &str) -> Self {
-        let scope = Scope::new(base, label, options);
-        let caps = squall_amqp::capabilities(&scope.config());
-        AmqpHarness { scope, caps }
-    }
+/// An [`AmqpHarness`] for `label` with extra adapter `options`.
+pub fn amqp_harness(base: &str, label: &str, options: &str) -> AmqpHarness {
+    let scope = Scope::new(base, label, options);
+    PeerHarness::new("amqp", squall_amqp::capabilities(&scope.config()), scope)
 }
 
 #[async_trait]
-impl Harness for AmqpHarness {
-    fn name(&self) -> String {
-        "amqp".into()
+impl PeerScope for Scope {
+    async fn connect(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(self.backend().await?))
     }
-
-    fn capabilities(&self) -> Capabilities {
-        self.caps.clone()
-    }
-
-    async fn backend(&self) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(self.scope.backend().await?))
-    }
-
-    async fn restart(&self) -> Result<Option<Arc<dyn Backend>>> {
-        // The broker is shared with other engineers and tests: it is never restarted here.
-        Ok(None)
-    }
-
-    fn timing(&self) -> Timing {
-        Timing::real()
-    }
-}
-
-/// Waits up to `limit` for `cond`, checking every 20 ms.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }

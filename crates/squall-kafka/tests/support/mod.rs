@@ -1,6 +1,6 @@
 //! Shared by the adapter's tests: the broker URL (from `SQUALL_KAFKA_URL`), a conformance
-//! [`Harness`], plain rdkafka clients as another application would use, and the deletion of
-//! every topic and group a test created once its clients are closed.
+//! harness ([`KafkaHarness`]), plain rdkafka clients as another application would use, and the
+//! deletion of every topic and group a test created once its clients are closed.
 
 #![allow(dead_code)]
 
@@ -11,24 +11,14 @@ use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use squall_core::{Backend, Capabilities, Publisher, Result};
+use squall_core::{Backend, Publisher, Result};
 use squall_kafka::{KafkaBackend, KafkaConfig};
-use squall_testkit::{Harness, Timing};
+use squall_testkit::{PeerHarness, PeerScope, peer_url};
 
 /// `SQUALL_KAFKA_URL`, or `None` with a printed notice when it is unset; unset under
 /// `SQUALL_REQUIRE_PEERS=1` fails the test.
 pub fn kafka_url() -> Option<String> {
-    match std::env::var("SQUALL_KAFKA_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
-                "SQUALL_KAFKA_URL is unset and SQUALL_REQUIRE_PEERS=1"
-            );
-            println!("SKIP: SQUALL_KAFKA_URL is unset; not testing the Kafka adapter");
-            None
-        }
-    }
+    peer_url("SQUALL_KAFKA_URL", "the Kafka adapter")
 }
 
 /// Options every test adds: short group sessions (tansu makes a join wait about half the
@@ -171,55 +161,26 @@ impl Drop for Scope {
 
 /// The conformance harness: one [`Scope`] per case, a new handle per `backend()` call, no
 /// restart (the machine's tansu is shared, and keeps nothing across restarts anyway).
-pub struct KafkaHarness {
-    pub scope: Scope,
-    caps: Capabilities,
-}
+pub type KafkaHarness = PeerHarness<Scope>;
 
-impl KafkaHarness {
-    pub fn new(base: &str, extra: &str) -> Self {
-        let scope = Scope::new(base, extra);
-        let caps = squall_kafka::capabilities(&scope.config());
-        KafkaHarness { scope, caps }
-    }
+/// A [`KafkaHarness`] with `extra` adapter options.
+pub fn kafka_harness(base: &str, extra: &str) -> KafkaHarness {
+    let scope = Scope::new(base, extra);
+    PeerHarness::new("kafka", squall_kafka::capabilities(&scope.config()), scope)
 }
 
 #[async_trait]
-impl Harness for KafkaHarness {
-    fn name(&self) -> String {
-        "kafka".into()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.caps.clone()
-    }
-
-    async fn backend(&self) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(self.scope.backend().await?))
-    }
-
-    async fn restart(&self) -> Result<Option<Arc<dyn Backend>>> {
-        // The broker is shared with other engineers and tests: never restarted here.
-        Ok(None)
-    }
-
-    fn timing(&self) -> Timing {
-        Timing::real()
+impl PeerScope for Scope {
+    async fn connect(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(self.backend().await?))
     }
 }
 
 /// Waits up to `limit` for `cond`, checking every 50 ms.
-pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+pub async fn eventually<F, Fut>(limit: Duration, cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cond().await
+    squall_testkit::eventually_async(limit, Duration::from_millis(50), cond).await
 }

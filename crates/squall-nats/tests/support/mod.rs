@@ -1,5 +1,5 @@
 //! Shared by the adapter's tests: the server URL (from `SQUALL_NATS_URL`), a conformance
-//! [`Harness`] over core NATS or JetStream, and deletion of every stream a test used.
+//! harness ([`NatsHarness`]) over core NATS or JetStream, and deletion of every stream a test used.
 
 #![allow(dead_code)]
 
@@ -7,33 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use squall_core::{Backend, Capabilities, Result};
+use squall_core::{Backend, Result};
 use squall_nats::{NatsBackend, NatsConfig};
-use squall_testkit::{Harness, Timing};
+use squall_testkit::{PeerHarness, PeerScope, peer_url};
+// Not every test binary uses each of these.
+#[allow(unused_imports)]
+pub use squall_testkit::{eventually, with_options};
 
 /// `SQUALL_NATS_URL`, or `None` with a printed notice when it is unset; unset under
 /// `SQUALL_REQUIRE_PEERS=1` fails the test.
 pub fn nats_url() -> Option<String> {
-    match std::env::var("SQUALL_NATS_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
-                "SQUALL_NATS_URL is unset and SQUALL_REQUIRE_PEERS=1"
-            );
-            println!("SKIP: SQUALL_NATS_URL is unset; not testing the NATS adapter");
-            None
-        }
-    }
-}
-
-/// `base` with adapter options appended.
-pub fn with_options(base: &str, options: &str) -> String {
-    if options.is_empty() {
-        return base.to_string();
-    }
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{options}")
+    peer_url("SQUALL_NATS_URL", "the NATS adapter")
 }
 
 /// Eight random hex characters.
@@ -125,47 +109,20 @@ impl Drop for Scope {
 }
 
 /// The conformance harness: one [`Scope`] per case, a new connection per `backend()` call, no
-/// restart (the machine's NATS server is shared).
-pub struct NatsHarness {
-    pub scope: Scope,
-    name: String,
-    caps: Capabilities,
-}
+/// restart (the machine's NATS server is shared; tests/restart.rs has a private server that is
+/// restarted).
+pub type NatsHarness = PeerHarness<Scope>;
 
-impl NatsHarness {
-    pub fn new(base: &str, options: &str, name: &str) -> Self {
-        let scope = Scope::new(base, options);
-        let caps = squall_nats::capabilities(&scope.config());
-        NatsHarness {
-            scope,
-            name: name.to_string(),
-            caps,
-        }
-    }
+/// A [`NatsHarness`] named `name` in reports, with adapter `options`.
+pub fn nats_harness(base: &str, options: &str, name: &str) -> NatsHarness {
+    let scope = Scope::new(base, options);
+    PeerHarness::new(name, squall_nats::capabilities(&scope.config()), scope)
 }
 
 #[async_trait]
-impl Harness for NatsHarness {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.caps.clone()
-    }
-
-    async fn backend(&self) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(self.scope.backend().await?))
-    }
-
-    async fn restart(&self) -> Result<Option<Arc<dyn Backend>>> {
-        // The server is shared with other engineers and tests: never restarted here (see
-        // tests/restart.rs for a private server that is).
-        Ok(None)
-    }
-
-    fn timing(&self) -> Timing {
-        Timing::real()
+impl PeerScope for Scope {
+    async fn connect(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(self.backend().await?))
     }
 }
 
@@ -183,16 +140,4 @@ pub async fn round_trip(client: &async_nats::Client) {
         .await
         .expect("round trip within 5 s")
         .expect("connection open");
-}
-
-/// Waits up to `limit` for `cond`, checking every 20 ms.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }

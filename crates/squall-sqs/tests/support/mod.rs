@@ -1,6 +1,6 @@
 //! Shared by the adapter's tests: the server URL (from `SQUALL_SQS_URL`), a unique queue prefix
-//! per test, a conformance [`Harness`], boto3 as another client, and cleanup of every queue a
-//! test created.
+//! per test, a conformance harness ([`SqsHarness`]), boto3 as another client, and cleanup of
+//! every queue a test created.
 
 #![allow(dead_code)]
 
@@ -8,24 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use squall_core::{Backend, Capabilities, Result};
+use squall_core::{Backend, Result};
 use squall_sqs::{SqsBackend, SqsConfig};
-use squall_testkit::{Harness, Timing};
+use squall_testkit::{PeerHarness, PeerScope, peer_url};
+// Not every test binary uses each of these.
+#[allow(unused_imports)]
+pub use squall_testkit::{eventually, with_options};
 
 /// `SQUALL_SQS_URL`, or `None` with a printed notice when it is unset; unset under
 /// `SQUALL_REQUIRE_PEERS=1` fails the test.
 pub fn sqs_url() -> Option<String> {
-    match std::env::var("SQUALL_SQS_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var("SQUALL_REQUIRE_PEERS").as_deref() != Ok("1"),
-                "SQUALL_SQS_URL is unset and SQUALL_REQUIRE_PEERS=1"
-            );
-            println!("SKIP: SQUALL_SQS_URL is unset; not testing the SQS adapter");
-            None
-        }
-    }
+    peer_url("SQUALL_SQS_URL", "the SQS adapter")
 }
 
 /// A fresh queue prefix: `sqt-<label, 6 at most>-<8 hex>-`.
@@ -33,15 +26,6 @@ pub fn unique_prefix(label: &str) -> String {
     let s = uuid::Uuid::now_v7().simple().to_string();
     let label: String = label.chars().take(6).collect();
     format!("sqt-{label}-{}-", &s[s.len() - 8..])
-}
-
-/// `base` with adapter options appended.
-pub fn with_options(base: &str, options: &str) -> String {
-    if options.is_empty() {
-        return base.to_string();
-    }
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{options}")
 }
 
 /// One test's SQS: a unique queue prefix, and on drop the deletion of every queue under it.
@@ -102,41 +86,20 @@ impl Drop for Scope {
 }
 
 /// The conformance harness: one [`Scope`] per case (so one queue prefix per case), a new
-/// handle per `backend()` call, and no restart (moto keeps messages in memory only).
-pub struct SqsHarness {
-    pub scope: Scope,
-    caps: Capabilities,
-}
+/// handle per `backend()` call, and no restart (moto_server keeps everything in memory and is
+/// shared).
+pub type SqsHarness = PeerHarness<Scope>;
 
-impl SqsHarness {
-    pub fn new(base: &str, label: &str, options: &str) -> Self {
-        let scope = Scope::new(base, label, options);
-        let caps = squall_sqs::capabilities(&scope.config());
-        SqsHarness { scope, caps }
-    }
+/// An [`SqsHarness`] for `label` with extra adapter `options`.
+pub fn sqs_harness(base: &str, label: &str, options: &str) -> SqsHarness {
+    let scope = Scope::new(base, label, options);
+    PeerHarness::new("sqs", squall_sqs::capabilities(&scope.config()), scope)
 }
 
 #[async_trait]
-impl Harness for SqsHarness {
-    fn name(&self) -> String {
-        "sqs".into()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.caps.clone()
-    }
-
-    async fn backend(&self) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(self.scope.backend().await?))
-    }
-
-    async fn restart(&self) -> Result<Option<Arc<dyn Backend>>> {
-        // moto_server keeps everything in memory and is shared: it is never restarted here.
-        Ok(None)
-    }
-
-    fn timing(&self) -> Timing {
-        Timing::real()
+impl PeerScope for Scope {
+    async fn connect(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(self.backend().await?))
     }
 }
 
@@ -178,16 +141,4 @@ pub async fn boto3(base: &str, script: &str, args: serde_json::Value) -> String 
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 from python3")
-}
-
-/// Waits up to `limit` for `cond`, checking every 20 ms.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }
