@@ -14,6 +14,8 @@
 //! `SQUALL_REQUIRE_PEERS=1`. They take turns (one static lock): a RabbitMQ restart would disturb
 //! a run through the proxy, and all of them measure recovery times.
 
+mod support;
+
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -233,11 +235,7 @@ impl PrivateNats {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::free_port();
         let d = dir.path().display();
         // Backgrounded with its output redirected, so the command ends at once.
         let start = format!(

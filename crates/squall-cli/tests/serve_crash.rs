@@ -3,45 +3,19 @@
 //! handles reconnect by themselves. Checks: every confirmed message is delivered (no loss), and
 //! duplicates stay within the documented at-least-once window (counted and printed).
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use squall_client::{Client, ClientConfig, WhenDisconnected};
 use squall_core::{Message, Publisher, Subscriber, Subscription};
+use support::{free_port, spawn_serve as start};
 
 const MESSAGES: u64 = 3000;
 const KILLS: usize = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(dir: &std::path::Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_squall"))
-        .args(["serve", "--sync", "fsync", "--admin", "off", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting squall serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "squall serve did not listen within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
 
 fn config(port: u16) -> ClientConfig {
     let mut c = ClientConfig::from_url(&format!("squall://127.0.0.1:{port}")).unwrap();
