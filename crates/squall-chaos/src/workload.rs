@@ -114,8 +114,12 @@ pub struct Progress {
     pub delivered: AtomicU64,
     /// Send or confirm errors (before retries).
     pub errors: AtomicU64,
-    /// Distinct (group, message) pairs delivered: the drain waits for confirmed × groups.
+    /// Distinct (group, message) pairs delivered (confirmed or not).
     pub distinct: AtomicU64,
+    /// Distinct (group, message) pairs delivered whose message was confirmed: the drain waits
+    /// for confirmed × groups. (Not `distinct`: a publish that failed at the producer may still
+    /// be delivered, and must not make up for a confirmed message that has not arrived yet.)
+    pub confirmed_delivered: AtomicU64,
     /// Distinct (group, message) pairs whose reject the backend accepted.
     pub rejected: AtomicU64,
     /// Distinct (group, message) pairs seen in the dead-letter queue: the drain waits for
@@ -127,13 +131,23 @@ pub struct Progress {
     /// The last subscribe failure, if any.
     last_subscribe_error: std::sync::Mutex<Option<String>>,
     seen: Seen,
+    /// Confirmed messages, and per message how many groups have received it.
+    arrivals: std::sync::Mutex<Arrivals>,
     rejects: Seen,
     dead: Seen,
 }
 
 type Seen = std::sync::Mutex<std::collections::HashSet<(String, u32, u64)>>;
 
-fn first(set: &Seen, counter: &AtomicU64, group: &str, producer: u32, seq: u64) {
+/// What `confirmed_delivered` is counted from.
+#[derive(Debug, Default)]
+struct Arrivals {
+    confirmed: std::collections::HashSet<(u32, u64)>,
+    groups: std::collections::HashMap<(u32, u64), u64>,
+}
+
+/// Records (group, producer, seq) in `set`; true (and `counter` counts it) the first time.
+fn first(set: &Seen, counter: &AtomicU64, group: &str, producer: u32, seq: u64) -> bool {
     let new =
         set.lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -141,6 +155,7 @@ fn first(set: &Seen, counter: &AtomicU64, group: &str, producer: u32, seq: u64) 
     if new {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+    new
 }
 
 impl Progress {
@@ -160,7 +175,24 @@ impl Progress {
     }
 
     pub(crate) fn first_delivery(&self, group: &str, producer: u32, seq: u64) {
-        first(&self.seen, &self.distinct, group, producer, seq);
+        if !first(&self.seen, &self.distinct, group, producer, seq) {
+            return;
+        }
+        let mut a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        *a.groups.entry((producer, seq)).or_insert(0) += 1;
+        if a.confirmed.contains(&(producer, seq)) {
+            self.confirmed_delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// Counts a confirm (once per message), with the groups that already received it.
+    pub(crate) fn record_confirm(&self, producer: u32, seq: u64) {
+        let mut a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        if a.confirmed.insert((producer, seq)) {
+            let groups = a.groups.get(&(producer, seq)).copied().unwrap_or(0);
+            self.confirmed_delivered
+                .fetch_add(groups, Ordering::Relaxed);
+            self.confirmed.fetch_add(1, Ordering::Relaxed);
+        }
     }
     pub(crate) fn first_reject(&self, group: &str, producer: u32, seq: u64) {
         first(&self.rejects, &self.rejected, group, producer, seq);
@@ -413,7 +445,7 @@ pub async fn produce_until(
                 };
                 match r {
                     Ok(ack) => {
-                        progress2.confirmed.fetch_add(1, Ordering::Relaxed);
+                        progress2.record_confirm(producer, seq);
                         return Event::Confirmed {
                             msg: (producer, seq),
                             at: now2(),
@@ -474,5 +506,31 @@ impl Event {
             Event::Fault { start, .. } => *start,
             Event::Sent { at, .. } => *at,
         }
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    /// The drain's count: a delivered message that failed at the producer does not make up for
+    /// a confirmed one still on its way; a confirm after the delivery counts it.
+    #[test]
+    fn only_confirmed_messages_count_towards_the_drain() {
+        let p = Progress::default();
+        p.record_confirm(0, 1);
+        p.record_confirm(0, 2);
+        p.first_delivery("g", 0, 3); // failed at the producer, delivered anyway
+        assert_eq!(p.distinct.load(Ordering::Relaxed), 1);
+        assert_eq!(p.confirmed_delivered.load(Ordering::Relaxed), 0);
+        p.first_delivery("g", 0, 1);
+        p.first_delivery("g", 0, 1); // a duplicate
+        assert_eq!(p.confirmed_delivered.load(Ordering::Relaxed), 1);
+        p.first_delivery("g", 0, 4);
+        p.first_delivery("h", 0, 4);
+        p.record_confirm(0, 4); // confirmed after both groups received it
+        p.record_confirm(0, 4);
+        assert_eq!(p.confirmed.load(Ordering::Relaxed), 3);
+        assert_eq!(p.confirmed_delivered.load(Ordering::Relaxed), 3);
     }
 }

@@ -501,7 +501,7 @@ async fn drain(
     }
     let groups = w.groups.len() as u64;
     while Instant::now() < deadline
-        && progress.distinct.load(Ordering::Relaxed)
+        && progress.confirmed_delivered.load(Ordering::Relaxed)
             < progress.confirmed.load(Ordering::Relaxed) * groups
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
