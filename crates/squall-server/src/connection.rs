@@ -163,7 +163,9 @@ async fn session(
     let mut subs: HashMap<u32, SubHandle> = HashMap::new();
     let mut publishes: FuturesUnordered<PublishFuture> = FuturesUnordered::new();
     let requests = Arc::new(Semaphore::new(cfg.max_requests));
-    let mut ping = tokio::time::interval(cfg.heartbeat);
+    // The first ping after one heartbeat (a plain `interval` would ping at once).
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
     let mut ping_nonce = 0u64;
