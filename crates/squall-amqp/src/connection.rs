@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
+use squall_core::backoff::Backoff;
 use squall_core::{Error, ErrorKind, Result};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -229,51 +230,5 @@ async fn supervise(link: std::sync::Weak<Link>, closed: CancellationToken) {
         }));
         l.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation, "reconnected to RabbitMQ");
-    }
-}
-
-/// Exponential backoff with full jitter: attempt `n` waits a random time in
-/// `[0, min(max, min_delay * 2^n)]`, never less than `min_delay`.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let cap = self
-            .min
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let jitter = rand::random::<f64>();
-        self.min.max(cap.mul_f64(jitter))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_stays_within_bounds() {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        let mut b = Backoff::new(min, max);
-        let delays: Vec<Duration> = (0..30).map(|_| b.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d >= min && *d <= max), "{delays:?}");
-        assert!(
-            delays[10..].iter().any(|d| *d > min * 4),
-            "late delays reach past the first steps: {delays:?}"
-        );
     }
 }

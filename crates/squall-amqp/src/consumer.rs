@@ -42,11 +42,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::codec::{decode, delivery_count};
-use crate::connection::{Backoff, Link};
+use crate::connection::Link;
 use crate::error::amqp;
 use crate::lease::{AmqpAcker, Lease, Shared, nonce, publish_confirmed, wanted};
 use crate::routing::{Binding, bindings};
 use crate::topology::Topology;
+use squall_core::backoff::Backoff;
 
 /// Extra room in the hand-over channel beyond `max_in_flight`, for error reports.
 const SLACK: usize = 16;

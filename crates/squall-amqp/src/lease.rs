@@ -212,31 +212,17 @@ impl Shared {
         error: &str,
     ) -> Result<()> {
         let cfg = self.config();
-        let origin = lease.message.subject();
-        let env = DeadLetter {
+        let env = DeadLetter::new(
+            &lease.message,
             reason,
-            error: error.to_string(),
-            error_chain: Vec::new(),
-            handler: None,
-            origin_id: lease.message.id().to_string(),
-            origin_subject: origin.clone(),
-            origin_stream: Some(lease.queue.clone()),
-            origin_sequence: 0,
-            group: self.group.as_deref().map(str::to_string),
-            attempts: lease.attempts.clone(),
-            dead_lettered_at: Timestamp::now(),
-        };
-        let to = self.policy.dead_letter_subject(origin);
-        let wrapped = to.and_then(|to| env.wrap(&lease.message, to));
-        let dead = match wrapped {
-            Ok(m) => m,
-            Err(e) => {
-                // The dead-letter subject cannot be formed (e.g. `dlq.` pushes it past 256
-                // bytes): park it with the envelope under the origin subject.
-                tracing::warn!(error = %e, "parking a dead letter without a dead-letter subject");
-                env.wrap(&lease.message, origin.clone())?
-            }
-        };
+            error,
+            Some(lease.queue.clone()),
+            0,
+            self.group.as_deref().map(str::to_string),
+            lease.attempts.clone(),
+        );
+        let to = self.policy.dead_letter_subject(lease.message.subject());
+        let dead = env.wrap_or_origin(&lease.message, to)?;
         let out = encode(
             &dead,
             cfg.persistent,

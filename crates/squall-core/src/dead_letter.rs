@@ -54,6 +54,45 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The envelope of `message`, dead-lettered now (the backends' common case: no handler
+    /// details), from `origin_stream` at `origin_sequence` (0 when unknown) by `group`.
+    pub fn new(
+        message: &Message,
+        reason: DeadLetterReason,
+        error: impl Into<String>,
+        origin_stream: Option<String>,
+        origin_sequence: u64,
+        group: Option<String>,
+        attempts: Vec<Timestamp>,
+    ) -> DeadLetter {
+        DeadLetter {
+            reason,
+            error: error.into(),
+            error_chain: Vec::new(),
+            handler: None,
+            origin_id: message.id().to_string(),
+            origin_subject: message.subject().clone(),
+            origin_stream,
+            origin_sequence,
+            group,
+            attempts,
+            dead_lettered_at: Timestamp::now(),
+        }
+    }
+
+    /// [`DeadLetter::wrap`] to `to`, the policy's dead-letter subject; when it could not be
+    /// formed or taken (`dlq.` pushes a long subject past the limit), to the origin subject
+    /// instead, with a warning, so the dead letter is kept rather than lost.
+    pub fn wrap_or_origin(&self, original: &Message, to: Result<Subject>) -> Result<Message> {
+        match to.and_then(|to| self.wrap(original, to)) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-lettering under the origin subject");
+                self.wrap(original, original.subject().clone())
+            }
+        }
+    }
+
     /// The dead-letter copy of `original`, addressed to `to`, with this envelope in its headers.
     pub fn wrap(&self, original: &Message, to: Subject) -> Result<Message> {
         let mut m = original.clone();

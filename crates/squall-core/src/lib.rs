@@ -15,6 +15,7 @@
 //! | [`capabilities`] | [`Capabilities`]: native / emulated / missing per feature |
 //! | [`traits`] | [`Publisher`], [`Subscriber`], [`Consumer`], [`Requester`], [`Backend`] |
 //! | [`error`] | [`Error`] with an [`ErrorKind`] and [`Error::is_retryable`] |
+//! | [`backoff`] | [`Backoff`](backoff::Backoff): exponential reconnect delays with full jitter |
 //! | [`options`] | parsers of backend URL options (flags, integers, durations) whose errors name the option |
 //!
 //! ```
@@ -28,6 +29,7 @@
 //! # Ok::<(), squall_core::Error>(())
 //! ```
 
+pub mod backoff;
 pub mod capabilities;
 pub mod dead_letter;
 pub mod delivery;

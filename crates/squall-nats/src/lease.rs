@@ -184,19 +184,15 @@ impl Shared {
         error: String,
         attempts: Vec<Timestamp>,
     ) -> Result<()> {
-        let env = DeadLetter {
+        let env = DeadLetter::new(
+            message,
             reason,
             error,
-            error_chain: Vec::new(),
-            handler: None,
-            origin_id: message.id().to_string(),
-            origin_subject: message.subject().clone(),
-            origin_stream: Some(self.stream.clone()),
-            origin_sequence: seq,
-            group: self.group.as_deref().map(str::to_string),
+            Some(self.stream.clone()),
+            seq,
+            self.group.as_deref().map(str::to_string),
             attempts,
-            dead_lettered_at: Timestamp::now(),
-        };
+        );
         let to = self.policy.dead_letter_subject(message.subject())?;
         let mut dead = env.wrap(message, to)?;
         // The time to live of the original does not carry over to its dead letter.

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::Message as SqsMessage;
+use squall_core::backoff::Backoff;
 use squall_core::{
     Acker, Consumer, DeadLetterReason, Delivery, DeliveryInfo, Error, ErrorKind, LeaseId, Result,
     StartPosition, Subject, Subscription, Timestamp,
@@ -259,31 +260,6 @@ struct Permits {
     /// One per received delivery waiting for `next` (two batches: the driver receives a batch
     /// when one batch's worth is free, so at most one batch waits beyond the one being taken).
     prefetch: Arc<Semaphore>,
-}
-
-/// Exponential backoff with full jitter.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-    fn next_delay(&mut self) -> Duration {
-        let cap = self.next;
-        self.next = (self.next * 2).min(self.max);
-        cap.mul_f64(rand::random::<f64>()).max(self.min / 2)
-    }
 }
 
 async fn drive(

@@ -255,33 +255,17 @@ impl Shared {
         reason: DeadLetterReason,
         error: &str,
     ) -> Result<()> {
-        let origin = lease.message.subject();
-        let env = DeadLetter {
+        let env = DeadLetter::new(
+            &lease.message,
             reason,
-            error: error.to_string(),
-            error_chain: Vec::new(),
-            handler: None,
-            origin_id: lease.message.id().to_string(),
-            origin_subject: origin.clone(),
-            origin_stream: Some(self.name.clone()),
-            origin_sequence: 0,
-            group: self.group.as_deref().map(str::to_string),
-            attempts: lease.attempts.clone(),
-            dead_lettered_at: Timestamp::now(),
-        };
-        let dead = match self
-            .policy
-            .dead_letter_subject(origin)
-            .and_then(|to| env.wrap(&lease.message, to))
-        {
-            Ok(m) => m,
-            Err(e) => {
-                // The dead-letter subject cannot be formed (`dlq.` pushes it past 256 bytes):
-                // keep the origin subject; with no queue bound under it, it is parked.
-                tracing::warn!(error = %e, "dead-lettering under the origin subject");
-                env.wrap(&lease.message, origin.clone())?
-            }
-        };
+            error,
+            Some(self.name.clone()),
+            0,
+            self.group.as_deref().map(str::to_string),
+            lease.attempts.clone(),
+        );
+        let to = self.policy.dead_letter_subject(lease.message.subject());
+        let dead = env.wrap_or_origin(&lease.message, to)?;
         let enc = encode(&dead, self.config())?;
         self.queues
             .deliver(dead.subject(), &enc, Route::DeadLetter)

@@ -13,9 +13,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    Message as SqsMessage, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message as SqsMessage, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use squall_core::{Error, ErrorKind, PublishAck, Result, Subject};
 
@@ -443,19 +443,7 @@ impl Queues {
                 *r = Ok(());
             }
         }
-        for f in out.failed() {
-            if let Some(r) = f
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| results.get_mut(i))
-            {
-                *r = Err(Error::new(
-                    kind_of_code(f.code()),
-                    format!("{what}: {}: {}", f.code(), f.message().unwrap_or_default()),
-                ));
-            }
-        }
+        record_failures(&mut results, out.failed(), &what);
         results
     }
 
@@ -540,19 +528,7 @@ impl Queues {
             Err(e) => receipts.iter().map(|_| Err(e.clone())).collect(),
             Ok(out) => {
                 let mut results: Vec<Result<()>> = receipts.iter().map(|_| Ok(())).collect();
-                for f in out.failed() {
-                    if let Some(r) = f
-                        .id()
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| results.get_mut(i))
-                    {
-                        *r = Err(Error::new(
-                            kind_of_code(f.code()),
-                            format!("{what}: {}: {}", f.code(), f.message().unwrap_or_default()),
-                        ));
-                    }
-                }
+                record_failures(&mut results, out.failed(), &what);
                 results
             }
         }
@@ -609,6 +585,23 @@ impl Queues {
             if let Err(e) = r {
                 tracing::warn!(error = %e, "releasing deliveries; they return when their visibility timeout ends");
             }
+        }
+    }
+}
+
+/// Puts the entries a batch request reports as failed into `results` (by entry id, the index).
+fn record_failures(results: &mut [Result<()>], failed: &[BatchResultErrorEntry], what: &str) {
+    for f in failed {
+        if let Some(r) = f
+            .id()
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
+            *r = Err(Error::new(
+                kind_of_code(f.code()),
+                format!("{what}: {}: {}", f.code(), f.message().unwrap_or_default()),
+            ));
         }
     }
 }

@@ -5,6 +5,7 @@
 //!   is unset, a failure instead under `SQUALL_REQUIRE_PEERS=1` ([`peers_required`]);
 //! - [`with_options`]: a URL with adapter options appended;
 //! - [`eventually`] and [`eventually_async`]: wait for a condition with a bound, on tokio's clock;
+//! - [`block_on_in_thread`]: async cleanup from a `Drop` (which cannot await);
 //! - [`PeerHarness`]: the conformance [`Harness`] of a shared broker, given a [`PeerScope`] that
 //!   hands out backends.
 //!
@@ -26,6 +27,23 @@ use async_trait::async_trait;
 use squall_core::{Backend, Capabilities, Result};
 
 use crate::harness::{Harness, Timing};
+
+/// Runs `f` to completion on a thread of its own with its own runtime, and waits for it: async
+/// cleanup (deleting a test's queues, streams, topics) from a `Drop`, which cannot await, and
+/// may run inside or outside a runtime.
+pub fn block_on_in_thread<F>(f: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let worker = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime")
+            .block_on(f)
+    });
+    let _ = worker.join();
+}
 
 /// How often [`eventually`] checks its condition.
 pub const POLL: Duration = Duration::from_millis(20);

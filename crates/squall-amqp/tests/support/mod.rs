@@ -93,38 +93,29 @@ impl Drop for Scope {
         exchanges.sort();
         exchanges.dedup();
         let base = self.base.clone();
-        // Drop cannot await: delete from a thread with its own runtime.
-        let cleaner = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                let Ok(conn) = Connection::connect(&base, ConnectionProperties::default()).await
-                else {
-                    eprintln!("cleanup: cannot connect to delete {queues:?}");
-                    return;
-                };
-                for q in &queues {
-                    if let Ok(ch) = conn.create_channel().await
-                        && let Err(e) = ch
-                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                            .await
-                    {
-                        eprintln!("cleanup: deleting queue {q}: {e}");
-                    }
+        squall_testkit::peers::block_on_in_thread(async move {
+            let Ok(conn) = Connection::connect(&base, ConnectionProperties::default()).await else {
+                eprintln!("cleanup: cannot connect to delete {queues:?}");
+                return;
+            };
+            for q in &queues {
+                if let Ok(ch) = conn.create_channel().await
+                    && let Err(e) = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                {
+                    eprintln!("cleanup: deleting queue {q}: {e}");
                 }
-                for x in &exchanges {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
+            }
+            for x in &exchanges {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
-                let _ = conn.close(200, "cleanup".into()).await;
-            });
+            }
+            let _ = conn.close(200, "cleanup".into()).await;
         });
-        let _ = cleaner.join();
     }
 }
 

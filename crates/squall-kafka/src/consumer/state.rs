@@ -541,19 +541,15 @@ impl State {
     ) -> Option<Job> {
         let e = self.parts.get_mut(tp)?.entries.get_mut(&off)?;
         e.stage = Stage::Settling;
-        let envelope = DeadLetter {
+        let envelope = DeadLetter::new(
+            &e.message,
             reason,
-            error: error.to_string(),
-            error_chain: Vec::new(),
-            handler: None,
-            origin_id: e.message.id().to_string(),
-            origin_subject: e.message.subject().clone(),
-            origin_stream: Some(tp.0.to_string()),
-            origin_sequence: u64::try_from(off).map(|o| o + 1).unwrap_or(0),
-            group: rules.group.as_deref().map(str::to_string),
-            attempts: e.attempts_at.clone(),
-            dead_lettered_at: Timestamp::now(),
-        };
+            error,
+            Some(tp.0.to_string()),
+            u64::try_from(off).map(|o| o + 1).unwrap_or(0),
+            rules.group.as_deref().map(str::to_string),
+            e.attempts_at.clone(),
+        );
         Some(Job {
             tp: tp.clone(),
             offset: off,

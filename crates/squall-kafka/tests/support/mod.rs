@@ -107,55 +107,47 @@ impl Drop for Scope {
         let backends: Vec<KafkaBackend> = self.backends.lock().unwrap().drain(..).collect();
         let mut topics: Vec<String> = self.extra_topics.lock().unwrap().drain(..).collect();
         let bootstrap = self.config().bootstrap();
-        // Drop cannot await: close and delete from a thread with its own runtime.
-        let cleaner = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                for b in &backends {
-                    let _ = Publisher::close(b).await;
-                }
-                let mut groups = Vec::new();
-                for b in &backends {
-                    let open = b.wait_consumers_closed(Duration::from_secs(60));
-                    if open > 0 {
-                        eprintln!("cleanup: {open} consumers still open; topics kept");
-                        return;
-                    }
-                    topics.extend(b.created_topics());
-                    groups.extend(b.used_groups());
-                }
-                if let Some(b) = backends.first()
-                    && let Err(e) = b.delete_groups(&groups).await
-                {
-                    eprintln!("cleanup: deleting groups {groups:?}: {e}");
-                }
-                drop(backends);
-                topics.sort();
-                topics.dedup();
-                if topics.is_empty() {
+        squall_testkit::peers::block_on_in_thread(async move {
+            for b in &backends {
+                let _ = Publisher::close(b).await;
+            }
+            let mut groups = Vec::new();
+            for b in &backends {
+                let open = b.wait_consumers_closed(Duration::from_secs(60));
+                if open > 0 {
+                    eprintln!("cleanup: {open} consumers still open; topics kept");
                     return;
                 }
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .create()
-                    .expect("admin client");
-                let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-                match admin.delete_topics(&refs, &AdminOptions::new()).await {
-                    Ok(rs) => {
-                        for r in rs {
-                            if let Err((t, code)) = r {
-                                eprintln!("cleanup: deleting topic {t}: {code}");
-                            }
+                topics.extend(b.created_topics());
+                groups.extend(b.used_groups());
+            }
+            if let Some(b) = backends.first()
+                && let Err(e) = b.delete_groups(&groups).await
+            {
+                eprintln!("cleanup: deleting groups {groups:?}: {e}");
+            }
+            drop(backends);
+            topics.sort();
+            topics.dedup();
+            if topics.is_empty() {
+                return;
+            }
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .expect("admin client");
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            match admin.delete_topics(&refs, &AdminOptions::new()).await {
+                Ok(rs) => {
+                    for r in rs {
+                        if let Err((t, code)) = r {
+                            eprintln!("cleanup: deleting topic {t}: {code}");
                         }
                     }
-                    Err(e) => eprintln!("cleanup: deleting {topics:?}: {e}"),
                 }
-            });
+                Err(e) => eprintln!("cleanup: deleting {topics:?}: {e}"),
+            }
         });
-        let _ = cleaner.join();
     }
 }
 

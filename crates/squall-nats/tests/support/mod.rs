@@ -85,26 +85,18 @@ impl Drop for Scope {
             return;
         }
         let addr = NatsConfig::from_url(&self.base).expect("base URL").server;
-        // Drop cannot await: delete from a thread with its own runtime.
-        let cleaner = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                let Ok(client) = async_nats::connect(addr).await else {
-                    eprintln!("cleanup: cannot connect to delete {streams:?}");
-                    return;
-                };
-                let js = async_nats::jetstream::new(client);
-                for s in &streams {
-                    if let Err(e) = js.delete_stream(s).await {
-                        eprintln!("cleanup: deleting stream {s}: {e}");
-                    }
+        squall_testkit::peers::block_on_in_thread(async move {
+            let Ok(client) = async_nats::connect(addr).await else {
+                eprintln!("cleanup: cannot connect to delete {streams:?}");
+                return;
+            };
+            let js = async_nats::jetstream::new(client);
+            for s in &streams {
+                if let Err(e) = js.delete_stream(s).await {
+                    eprintln!("cleanup: deleting stream {s}: {e}");
                 }
-            });
+            }
         });
-        let _ = cleaner.join();
     }
 }
 

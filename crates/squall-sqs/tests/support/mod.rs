@@ -64,24 +64,16 @@ impl Scope {
 impl Drop for Scope {
     fn drop(&mut self) {
         let url = self.url.clone();
-        // Drop cannot await: delete from a thread with its own runtime.
-        let cleaner = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                match SqsBackend::connect_url(&url).await {
-                    Ok(b) => {
-                        if let Err(e) = b.delete_queues().await {
-                            eprintln!("cleanup: deleting the queues of {url}: {e}");
-                        }
+        squall_testkit::peers::block_on_in_thread(async move {
+            match SqsBackend::connect_url(&url).await {
+                Ok(b) => {
+                    if let Err(e) = b.delete_queues().await {
+                        eprintln!("cleanup: deleting the queues of {url}: {e}");
                     }
-                    Err(e) => eprintln!("cleanup: connecting to {url}: {e}"),
                 }
-            });
+                Err(e) => eprintln!("cleanup: connecting to {url}: {e}"),
+            }
         });
-        let _ = cleaner.join();
     }
 }
 
