@@ -54,7 +54,10 @@ pub(crate) async fn serve(shared: &Arc<Shared>, id: u64, mut client: TcpStream, 
         let (ur, uw) = upstream.split();
         let up = Pump::new(shared, id, Direction::Upstream, ctl);
         let down = Pump::new(shared, id, Direction::Downstream, ctl);
+        // A cut wins over data the pumps could still forward (and they check it themselves
+        // before each chunk): after a reset or a close nothing more passes.
         tokio::select! {
+            biased;
             _ = ctl.cut.cancelled() => {}
             _ = async { tokio::join!(up.run(cr, uw), down.run(ur, cw)) } => {}
         }
@@ -186,6 +189,9 @@ impl<'a> Pump<'a> {
             let mut buf = vec![0u8; CHUNK];
             loop {
                 through_blackholes(flow, &mut reader_faults).await;
+                if ctl.cut.is_cancelled() {
+                    return;
+                }
                 match reader.read(&mut buf).await {
                     Ok(0) => {
                         let _ = tx.send(Item::Eof).await;
@@ -214,6 +220,12 @@ impl<'a> Pump<'a> {
             let mut bucket: Option<Bucket> = None;
             while let Some(item) = rx.recv().await {
                 through_blackholes(flow, &mut writer_faults).await;
+                // The connection's task may be inside this poll when a cut and the removal of
+                // a blackhole come one after the other: whoever sees the removal sees the cut
+                // too, so nothing held passes onto a cut connection.
+                if ctl.cut.is_cancelled() {
+                    return;
+                }
                 let active = Active::of(&writer_faults.borrow(), flow);
                 let (bytes, read_at) = match item {
                     Item::Eof => {
@@ -234,6 +246,9 @@ impl<'a> Pump<'a> {
                     (Some(r), Some(b)) if b.rate == r => {}
                     (Some(r), _) => bucket = Some(Bucket::new(r)),
                     (None, _) => bucket = None,
+                }
+                if ctl.cut.is_cancelled() {
+                    return;
                 }
                 let out = Out {
                     shared,

@@ -15,7 +15,9 @@
 //!
 //! [`ProxyHandle::down`] stops listening (new connections are refused) and closes every
 //! connection; [`ProxyHandle::up`] listens again on the same address. [`ProxyHandle::reset_connections`]
-//! resets the current connections once. [`api`] serves all of it over HTTP.
+//! resets the current connections once. [`api`] serves all of it over HTTP. A connection that
+//! is cut (reset or closed) forwards nothing more from that instant, not even what a blackhole
+//! removed right after the cut was holding.
 //!
 //! Bounds: at most `max_connections` connections (more are reset at accept and counted in
 //! [`ProxyStats::refused`]); per direction one [`CHUNK`]-byte read buffer and at most
