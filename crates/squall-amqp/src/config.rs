@@ -30,7 +30,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use squall_core::options::{duration, flag, invalid, number};
+use squall_core::options::{duration, flag, invalid, number, redact};
 use squall_core::{Error, Result};
 use url::Url;
 
@@ -157,7 +157,7 @@ impl AmqpConfig {
     /// options. Errors are [`ErrorKind::InvalidConfig`](squall_core::ErrorKind::InvalidConfig) naming the option.
     pub fn from_url(s: &str) -> Result<Self> {
         let url = Url::parse(s)
-            .map_err(|e| Error::config("url", format!("`{}` is not a URL: {e}", redact_str(s))))?;
+            .map_err(|e| Error::config("url", format!("`{}` is not a URL: {e}", redact(s))))?;
         if url.scheme() != "amqp" && url.scheme() != "amqps" {
             return Err(Error::config(
                 "url",
@@ -172,7 +172,7 @@ impl AmqpConfig {
         }
         let mut cfg = AmqpConfig {
             amqp_url: String::new(),
-            redacted: redact(&url),
+            redacted: redact(s),
             exchange: "squall".into(),
             exchange_kind: ExchangeKind::Topic,
             queue_type: QueueType::Classic,
@@ -316,22 +316,6 @@ impl AmqpConfig {
     /// The URL with the password hidden.
     pub fn redacted_url(&self) -> &str {
         &self.redacted
-    }
-}
-
-fn redact(url: &Url) -> String {
-    let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    u.to_string()
-}
-
-fn redact_str(s: &str) -> String {
-    // Used only when the URL does not parse: hide everything between `://` and `@`.
-    match (s.find("://"), s.rfind('@')) {
-        (Some(a), Some(b)) if b > a => format!("{}***{}", &s[..a + 3], &s[b..]),
-        _ => s.to_string(),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::peers::{self, NatsServer};
 use crate::report::{self, Busy, Report, Row, Status};
 use crate::spec::{self, Target};
 use crate::{Options, runner};
+use squall_core::options::redact;
 
 /// Runs the suite `opts` describes; `progress` gets one line per row.
 ///
@@ -204,20 +205,6 @@ async fn environment(
     })
 }
 
-/// `amqp://user:pass@host` → `amqp://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 async fn cases(
     opts: &Options,
     env: &Env,
@@ -314,19 +301,5 @@ async fn one_row(opts: &Options, env: &Env, case: &spec::Case, target: Target, o
             row
         }
         None => Row::measured(case, target, &setup, other, reps),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 }

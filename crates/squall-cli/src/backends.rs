@@ -41,22 +41,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     }
 }
 
-/// `url` without its password, for reports and errors.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (auth, host) = match rest.split_once('@') {
-                Some((auth, host)) => (Some(auth), host),
-                None => (None, rest),
-            };
-            match auth.and_then(|a| a.split_once(':')) {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
-}
+pub use squall_core::options::redact;
 
 #[cfg(test)]
 mod tests {

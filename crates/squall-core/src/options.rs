@@ -45,6 +45,26 @@ pub fn invalid(key: &str, value: &str, expected: &str) -> Error {
     )
 }
 
+/// `url` without its secrets, for errors, logs and reports: the password of `user:password@`
+/// becomes `***` (`amqp://guest:***@host/`), a userinfo without a password (a token, as in
+/// `nats://token@host`) becomes `***` whole; everything else is kept as written. Only the
+/// authority (up to the first `/` or `?` after `scheme://`) is looked at, so an `@` in the path
+/// or the query is not taken for a user. Works on any text, URL or not.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => format!("{scheme}://***@{host}{tail}"),
+    }
+}
+
 /// A boolean written `true`, `1` or `yes`, or `false`, `0` or `no`.
 pub fn flag(key: &str, value: &str) -> Result<bool> {
     match value {
@@ -126,6 +146,27 @@ fn with_unit(n: &str, unit: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_hides_passwords_and_tokens_and_keeps_the_rest() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f?heartbeat=5"),
+            "amqp://guest:***@127.0.0.1:5672/%2f?heartbeat=5"
+        );
+        assert_eq!(redact("nats://tok@h:1"), "nats://***@h:1");
+        assert_eq!(
+            redact("sqs://AKID:s3cr@t@127.0.0.1:4566?region=x"),
+            "sqs://AKID:***@127.0.0.1:4566?region=x",
+            "an @ inside the password"
+        );
+        assert_eq!(
+            redact("nats://h:1?name=a@b"),
+            "nats://h:1?name=a@b",
+            "an @ in the query is not a user"
+        );
+        assert_eq!(redact("kafka://a:1,b:2"), "kafka://a:1,b:2");
+        assert_eq!(redact("not a url: x@y"), "not a url: x@y");
+    }
     use crate::ErrorKind;
 
     fn names_key<T: std::fmt::Debug>(r: Result<T>, key: &str) {

@@ -48,7 +48,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use squall_core::options::{duration, flag, invalid, number};
+use squall_core::options::{duration, flag, invalid, number, redact};
 use squall_core::{Durability, Error, Result};
 use url::Url;
 
@@ -165,7 +165,7 @@ impl SqsConfig {
     /// naming the option.
     pub fn from_url(s: &str) -> Result<Self> {
         let url = Url::parse(s)
-            .map_err(|e| Error::config("url", format!("`{}` is not a URL: {e}", redact_str(s))))?;
+            .map_err(|e| Error::config("url", format!("`{}` is not a URL: {e}", redact(s))))?;
         if url.scheme() != "sqs" {
             return Err(Error::config(
                 "url",
@@ -188,7 +188,7 @@ impl SqsConfig {
         let mut region = None;
         let mut durability = None;
         let mut cfg = SqsConfig {
-            redacted: redact(&url),
+            redacted: redact(s),
             endpoint: Endpoint::Aws,
             region: String::new(),
             credentials: CredentialSource::Environment,
@@ -443,22 +443,6 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-fn redact(url: &Url) -> String {
-    let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    u.to_string()
-}
-
-fn redact_str(s: &str) -> String {
-    // Used only when the URL does not parse: hide everything between `://` and `@`.
-    match (s.find("://"), s.rfind('@')) {
-        (Some(a), Some(b)) if b > a => format!("{}***{}", &s[..a + 3], &s[b..]),
-        _ => s.to_string(),
-    }
 }
 
 #[cfg(test)]

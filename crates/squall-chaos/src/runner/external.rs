@@ -10,6 +10,9 @@
 //! | `restart` | `stop`, then `start` and the ready check |
 //! | `pause` / `resume` | `pause` / `resume` (then the ready check); without them: unsupported |
 //!
+//! Fault-proxy scenarios against `kafka://` are refused: Kafka clients bootstrap through the
+//! URL, then dial the broker's advertised listener, past a proxy in the URL's place.
+//!
 //! The broker is shared with the rest of the world, so [`Target::shared_broker`] is true: the
 //! runner gives the run's subjects a unique first token ([`Scenario::isolated`]). At the end
 //! ([`Target::shutdown`]) a broker the run left stopped or paused is started or resumed again.
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use squall_core::Backend;
+pub use squall_core::options::redact;
 
 use super::{RunError, Target};
 use crate::chaos_backend::Factory;
@@ -144,6 +148,18 @@ impl Target for ExternalTarget {
     }
 
     fn check(&self, s: &Scenario) -> Result<(), RunError> {
+        if s.proxies().is_some() && self.url.starts_with("kafka://") {
+            // A proxy in the URL's place would carry the bootstrap only: the figures of the
+            // run would certify a fault that never reached the clients' connections.
+            return Err(RunError::Unsupported(format!(
+                "fault-proxy phases cannot run against {}: Kafka clients dial the broker's \
+                 advertised listener after bootstrap, which a proxy in front of the URL's \
+                 address does not carry (`squall certify --front LISTEN=UPSTREAM` cuts the link \
+                 of a broker that advertises the proxy's address); run a scenario without proxy \
+                 faults",
+                redact(&self.url)
+            )));
+        }
         let mut missing = Vec::new();
         let mut names = Vec::new();
         for a in s.actions() {
@@ -268,17 +284,6 @@ pub fn via(url: &str, addr: &str) -> Result<String, RunError> {
             "a fault proxy needs one host:port in the URL to stand in for: {}",
             redact(url)
         ))),
-    }
-}
-
-/// `url` without its password (`amqp://guest:***@host/`), for reports and errors.
-pub fn redact(url: &str) -> String {
-    match split(url) {
-        Some((scheme, auth, host, tail)) if !auth.is_empty() => match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => format!("{scheme}://***@{host}{tail}"),
-        },
-        _ => url.to_string(),
     }
 }
 

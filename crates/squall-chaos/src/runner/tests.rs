@@ -292,6 +292,41 @@ async fn an_external_target_without_commands_refuses_process_faults_by_name() {
     );
 }
 
+#[tokio::test]
+async fn a_kafka_target_refuses_fault_proxy_scenarios_instead_of_cutting_only_the_bootstrap() {
+    let s = Scenario::parse(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scenarios/partition-producers.toml"
+        ))
+        .unwrap(),
+        "partition-producers.toml",
+    )
+    .unwrap();
+    assert!(s.proxies().is_some(), "the scenario has proxy faults");
+    let broker = Broker::in_memory().unwrap();
+    let connector: super::target::Connector = Arc::new(move |_url: &str| {
+        let h = broker.handle();
+        Box::pin(async move { Ok(Arc::new(h) as Arc<dyn Backend>) })
+    });
+    let target = super::target::ExternalTarget::new("kafka://127.0.0.1:9092", connector);
+    let opts = super::RunOptions {
+        seed: Some(1),
+        squall_bin: "squall".into(),
+        progress: false,
+        replay: String::new(),
+        target: None,
+    };
+    let e = super::run_on(&s, &opts, Box::new(target))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("advertised listener") && text.contains("--front"),
+        "{text}"
+    );
+}
+
 #[test]
 fn isolated_scenarios_rename_the_subjects_first_token_everywhere() {
     let mut s = Scenario::parse(EXTERNAL, "bounce.toml").unwrap();
