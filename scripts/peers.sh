@@ -5,8 +5,8 @@
 #   scripts/peers.sh up     [PEER...]   use what answers, start (and install) what does not
 #   scripts/peers.sh status [PEER...]   one line per peer; exit 1 if one is down
 #   scripts/peers.sh down   [PEER...]   stop what `up` started (by recorded PID), nothing else
-#   scripts/peers.sh env                `export` lines for the URLs tests read:
-#                                       eval "$(scripts/peers.sh env)"
+#   scripts/peers.sh env                `export` lines for the URLs tests read (and the tansu
+#                                       program's path): eval "$(scripts/peers.sh env)"
 #
 # Peers: postgres redis rabbitmq mosquitto nats tansu (Kafka protocol) moto (SQS).
 #
@@ -537,6 +537,10 @@ cmd_env() {
   say "export SQUALL_REDIS_URL='redis://$HOST:${PORT[redis]}'"
   say "export SQUALL_POSTGRES_URL='postgres://postgres@$HOST:${PORT[postgres]}/postgres'"
   say "export SQUALL_MQTT_URL='mqtt://$HOST:${PORT[mosquitto]}'"
+  # The tansu program itself, for tests that run a broker of their own (one that advertises a
+  # fault proxy's address).
+  local bin
+  if bin=$(tansu_bin); then say "export SQUALL_TANSU_BIN='$bin'"; fi
 }
 
 usage() {

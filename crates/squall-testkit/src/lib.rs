@@ -17,6 +17,7 @@
 //! | [`case`] | [`Case`], [`CaseInfo`], [`cases()`], the [`Feature`]s a case needs |
 //! | [`helpers`] | [`unique_prefix`], [`collect`], [`recv`], [`expect_quiet`], [`Tally`], [`consume_all`] |
 //! | [`peers`] | tests against real brokers: [`peer_url`] (skip or fail when unset), [`with_options`], [`eventually`], [`PeerHarness`] |
+//! | [`tansu`] | a Kafka-protocol broker of a test's own: [`tansu::tansu_bin`], [`tansu::Tansu`] |
 //! | `pubsub` | publish/subscribe, fan-out, topic isolation, wildcards, ordering, close, cancel, batches |
 //! | `groups` | consumer groups, subscriber close and concurrent close, flow control, durable groups |
 //! | `leases` | nack, lease expiry, extend, late acks, one holder at a time |
@@ -59,6 +60,7 @@ pub mod case;
 pub mod harness;
 pub mod helpers;
 pub mod peers;
+pub mod tansu;
 
 mod dead_letters;
 mod delivery_options;

@@ -1,0 +1,100 @@
+//! Closing lets go of the connection: once a JetStream backend and its consumer are closed and
+//! dropped, nothing of them stays connected, also when the link was cut while they were open.
+//! Counted at a fault proxy (the chaos lab's) in front of the server, which knows how many
+//! connections pass it.
+
+mod support;
+
+use std::time::Duration;
+
+use squall_chaos::proxy::Proxy;
+use squall_core::{Message, Publisher, Subscriber, Subscription};
+use squall_nats::NatsBackend;
+use squall_testkit::peers::eventually_async;
+use support::{JS_TEST_OPTIONS, Scope, eventually, nats_url, tag, with_options};
+
+const N: usize = 20;
+
+async fn closed_backend_leaves_nothing(cut: bool) {
+    let Some(base) = nats_url() else { return };
+    let upstream = squall_chaos::runner::target::host_port(&base).expect("host:port in the URL");
+    let proxy = Proxy::new("127.0.0.1:0".parse().unwrap(), upstream)
+        .name("close")
+        .spawn()
+        .await
+        .expect("starting the proxy");
+    let proxied = squall_chaos::runner::target::via(&base, &proxy.listen_addr().to_string())
+        .expect("a proxied URL");
+    let scope = Scope::new(&base, JS_TEST_OPTIONS);
+    let b = NatsBackend::connect_url(&with_options(&proxied, JS_TEST_OPTIONS))
+        .await
+        .expect("connecting through the proxy");
+    let subject = format!("t.close.{}", tag());
+    let mut c = b
+        .subscribe(
+            Subscription::new(subject.as_str())
+                .unwrap()
+                .group("g")
+                .unwrap(),
+        )
+        .await
+        .expect("subscribing");
+    for i in 0..N {
+        b.publish(
+            Message::builder(&subject)
+                .unwrap()
+                .payload(i.to_string())
+                .build(),
+        )
+        .await
+        .expect("publishing");
+    }
+    for _ in 0..N / 2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), c.next())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("the consumer is open")
+            .expect("a delivery");
+        d.ack().await.expect("acking");
+    }
+    if cut {
+        proxy.reset_connections();
+        let again = eventually_async(Duration::from_secs(20), Duration::from_millis(100), || {
+            let (b, m) = (
+                b.clone(),
+                Message::builder(&subject).unwrap().payload("after").build(),
+            );
+            async move { b.publish(m).await.is_ok() }
+        })
+        .await;
+        assert!(again, "publishing again after the cut");
+    }
+    assert!(
+        proxy.stats().active >= 1,
+        "the backend's connection passes the proxy"
+    );
+    c.close().await.expect("closing the consumer");
+    b.close().await.expect("closing the backend");
+    for s in b.streams() {
+        scope.also_delete(&s);
+    }
+    drop(c);
+    drop(b);
+    let gone = eventually(Duration::from_secs(15), || proxy.stats().active == 0).await;
+    let left = proxy.stats().active;
+    proxy.stop().await;
+    assert!(
+        gone,
+        "{left} connection(s) still open 15 s after the backend and its consumer were closed and dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_backend_leaves_no_connection_behind() {
+    closed_backend_leaves_nothing(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_backend_leaves_no_connection_behind_after_a_cut() {
+    closed_backend_leaves_nothing(true).await;
+}
