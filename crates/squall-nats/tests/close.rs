@@ -1,5 +1,6 @@
 //! Closing lets go of the connection: once a JetStream backend and its consumer are closed and
-//! dropped, nothing of them stays connected, also when the link was cut while they were open.
+//! dropped, nothing of them stays connected, also when the link was reset, or down for 2 s with a
+//! delivery held, while they were open.
 //! Counted at a fault proxy (the chaos lab's) in front of the server, which knows how many
 //! connections pass it.
 
@@ -15,7 +16,7 @@ use support::{JS_TEST_OPTIONS, Scope, eventually, nats_url, tag, with_options};
 
 const N: usize = 20;
 
-async fn closed_backend_leaves_nothing(cut: bool) {
+async fn closed_backend_leaves_nothing(cut: Cut) {
     let Some(base) = nats_url() else { return };
     let upstream = squall_chaos::runner::target::host_port(&base).expect("host:port in the URL");
     let proxy = Proxy::new("127.0.0.1:0".parse().unwrap(), upstream)
@@ -57,7 +58,19 @@ async fn closed_backend_leaves_nothing(cut: bool) {
             .expect("a delivery");
         d.ack().await.expect("acking");
     }
-    if cut {
+    if cut == Cut::Down {
+        // The link goes down while the consumer's pull is open and deliveries are held.
+        let held = tokio::time::timeout(Duration::from_secs(10), c.next())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("the consumer is open")
+            .expect("a delivery");
+        proxy.down().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.up().await.expect("the proxy back up");
+        drop(held);
+    }
+    if cut != Cut::None {
         proxy.reset_connections();
         let again = eventually_async(Duration::from_secs(20), Duration::from_millis(100), || {
             let (b, m) = (
@@ -89,12 +102,24 @@ async fn closed_backend_leaves_nothing(cut: bool) {
     );
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    None,
+    Reset,
+    Down,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_backend_leaves_no_connection_behind() {
-    closed_backend_leaves_nothing(false).await;
+    closed_backend_leaves_nothing(Cut::None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_backend_leaves_no_connection_behind_after_a_cut() {
-    closed_backend_leaves_nothing(true).await;
+    closed_backend_leaves_nothing(Cut::Reset).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_backend_leaves_no_connection_behind_after_an_outage() {
+    closed_backend_leaves_nothing(Cut::Down).await;
 }
