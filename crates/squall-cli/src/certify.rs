@@ -329,10 +329,9 @@ async fn certify_with(
             Ok(f) => cert.faults = Some(f),
             Err(e) => cert.notes.push(format!("fault scenario: {e:#}")),
         }
-    } else if args.fault_messages > 0 && url.starts_with("kafka://") {
-        // A Kafka client bootstraps through the given address, then dials the broker's
-        // advertised listener directly: a proxy on the bootstrap address cuts nothing that
-        // matters, and figures from it would certify what was never tested.
+    } else if args.fault_messages > 0 && squall_chaos::runner::target::dials_advertised_address(url)
+    {
+        // Figures from a proxy on the bootstrap address would certify what was never tested.
         cert.notes.push(
             "link cut not run: Kafka clients dial the advertised listener after bootstrap; \
              give --front LISTEN=UPSTREAM for a broker that advertises LISTEN"

@@ -130,11 +130,8 @@ impl Front {
 
     /// The front whose LISTEN is the `host:port` of `url`, if any.
     pub fn find<'a>(fronts: &'a [Front], url: &str) -> Option<&'a Front> {
-        let target = squall_chaos::runner::target::host_port(url)?;
-        let addr = target.parse::<SocketAddr>().ok();
-        fronts
-            .iter()
-            .find(|f| addr == Some(f.listen) || target == f.listen.to_string())
+        let addr: SocketAddr = squall_chaos::runner::target::host_port(url)?.parse().ok()?;
+        fronts.iter().find(|f| f.listen == addr)
     }
 
     /// Starts the proxy.

@@ -31,10 +31,40 @@ fn certify(args: &[&str]) -> (Output, Vec<Value>, String) {
     (out, certs, table)
 }
 
+/// Runs `squall certify` with `args`, which must succeed; the first certificate and the table.
+fn certified(args: &[&str]) -> (Value, String) {
+    let (out, certs, table) = certify(args);
+    assert!(
+        out.status.success(),
+        "certify failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (certs[0].clone(), table)
+}
+
+/// The link cut of certificate `c` confirmed all `n` messages, lost none and saw traffic resume,
+/// and the table says so.
+fn assert_whole_across_the_cut(c: &Value, table: &str, n: u64) {
+    let f = &c["faults"];
+    assert_eq!(
+        f["confirmed"], n,
+        "every publish is retried until confirmed: {f}"
+    );
+    assert_eq!(f["lost"], 0, "the link cut loses nothing confirmed: {f}");
+    assert!(
+        f["recovery_ms"].as_u64().is_some(),
+        "traffic resumed after the cut: {f}"
+    );
+    assert!(
+        table.contains(&format!("link cut 2 s: confirmed / lost | {n} / 0")),
+        "{table}"
+    );
+}
+
 #[test]
 fn squall_serve_is_certified_with_nothing_lost_across_a_link_cut() {
     let server = Server::start();
-    let (out, certs, table) = certify(&[
+    let (c, table) = certified(&[
         "--backend",
         &server.url,
         "--cases",
@@ -42,12 +72,6 @@ fn squall_serve_is_certified_with_nothing_lost_across_a_link_cut() {
         "--fault-messages",
         "400",
     ]);
-    assert!(
-        out.status.success(),
-        "certify failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let c = &certs[0];
     let cases = c["cases"].as_array().unwrap();
     assert!(!cases.is_empty(), "the filter `ack` selects cases");
     assert!(
@@ -63,21 +87,9 @@ fn squall_serve_is_certified_with_nothing_lost_across_a_link_cut() {
     );
     let f = &c["faults"];
     assert_eq!(f["offered"], 400);
-    assert_eq!(
-        f["confirmed"], 400,
-        "every publish is retried until confirmed"
-    );
-    assert_eq!(f["lost"], 0, "fsync storage loses nothing confirmed: {f}");
     assert_eq!(f["reorders"], 0, "per-key order holds: {f}");
-    assert!(
-        f["recovery_ms"].as_u64().is_some(),
-        "traffic resumed after the cut: {f}"
-    );
+    assert_whole_across_the_cut(&c, &table, 400);
     assert!(table.contains("| persistence | native |"), "{table}");
-    assert!(
-        table.contains("link cut 2 s: confirmed / lost | 400 / 0"),
-        "{table}"
-    );
 }
 
 #[test]
@@ -85,7 +97,7 @@ fn core_nats_is_certified_as_at_most_once() {
     let Some(url) = squall_testkit::peer_url("SQUALL_NATS_URL", "certify against core NATS") else {
         return;
     };
-    let (out, certs, table) = certify(&[
+    let (c, table) = certified(&[
         "--backend",
         &url,
         "--cases",
@@ -93,12 +105,6 @@ fn core_nats_is_certified_as_at_most_once() {
         "--fault-messages",
         "300",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let c = &certs[0];
     assert_eq!(c["capabilities"]["persistence"], "missing");
     assert_eq!(c["nack_redelivery_ms"], Value::Null, "no redelivery probe");
     let f = &c["faults"];
@@ -137,7 +143,7 @@ fn kafka_behind_a_front_proxy_is_certified_across_a_link_cut() {
         "kafka://127.0.0.1:{front}?storage=memory&session_timeout=2s&heartbeat=200ms&metadata_refresh=500ms"
     );
     let front_arg = format!("127.0.0.1:{front}=127.0.0.1:{upstream}");
-    let (out, certs, table) = certify(&[
+    let (c, table) = certified(&[
         "--backend",
         &url,
         "--front",
@@ -147,12 +153,6 @@ fn kafka_behind_a_front_proxy_is_certified_across_a_link_cut() {
         "--fault-messages",
         "300",
     ]);
-    assert!(
-        out.status.success(),
-        "certify failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let c = &certs[0];
     let cases = c["cases"].as_array().unwrap();
     assert!(
         !cases.is_empty() && cases.iter().all(|k| k["outcome"] == "pass"),
@@ -163,18 +163,5 @@ fn kafka_behind_a_front_proxy_is_certified_across_a_link_cut() {
         notes.contains(&format!("certify's proxy at 127.0.0.1:{front}")),
         "{notes}"
     );
-    let f = &c["faults"];
-    assert_eq!(
-        f["confirmed"], 300,
-        "every publish is retried until confirmed: {f}"
-    );
-    assert_eq!(f["lost"], 0, "a link cut loses nothing confirmed: {f}");
-    assert!(
-        f["recovery_ms"].as_u64().is_some(),
-        "traffic resumed after the cut: {f}"
-    );
-    assert!(
-        table.contains("link cut 2 s: confirmed / lost | 300 / 0"),
-        "{table}"
-    );
+    assert_whole_across_the_cut(&c, &table, 300);
 }

@@ -148,9 +148,9 @@ impl Target for ExternalTarget {
     }
 
     fn check(&self, s: &Scenario) -> Result<(), RunError> {
-        if s.proxies().is_some() && self.url.starts_with("kafka://") {
-            // A proxy in the URL's place would carry the bootstrap only: the figures of the
-            // run would certify a fault that never reached the clients' connections.
+        if s.proxies().is_some() && dials_advertised_address(&self.url) {
+            // The figures of the run would certify a fault that never reached the clients'
+            // connections.
             return Err(RunError::Unsupported(format!(
                 "fault-proxy phases cannot run against {}: Kafka clients dial the broker's \
                  advertised listener after bootstrap, which a proxy in front of the URL's \
@@ -247,6 +247,13 @@ fn split(url: &str) -> Option<(&str, &str, &str, &str)> {
         None => ("", authority),
     };
     Some((scheme, auth, host, tail))
+}
+
+/// Whether the clients of `url` dial, after bootstrapping through the URL's address, the
+/// address the broker advertises (Kafka): a fault proxy in the URL's place then carries the
+/// bootstrap only, and only a proxy at the advertised address cuts their link.
+pub fn dials_advertised_address(url: &str) -> bool {
+    url.starts_with("kafka://")
 }
 
 /// The `host:port` a URL's clients dial: the authority after `scheme://` and any `user@`, up to

@@ -30,7 +30,9 @@ use crate::chaos_backend::Factory;
 use crate::process::{ExternalBroker, ManagedProcess, ProcessSpec, Ready};
 use crate::scenario::{Action, Scenario, TargetKind};
 
-pub use super::external::{CommandNames, Connector, ExternalTarget, host_port, redact, via};
+pub use super::external::{
+    CommandNames, Connector, ExternalTarget, dials_advertised_address, host_port, redact, via,
+};
 
 /// The system under test.
 #[async_trait]

@@ -174,6 +174,14 @@ fn embedded_external(
     super::target::ExternalTarget,
     Arc<std::sync::atomic::AtomicU32>,
 ) {
+    let (connector, opened) = embedded_connector();
+    let target = super::target::ExternalTarget::new(url, connector)
+        .commands(crate::process::ExternalBroker::new("true", "true"));
+    (target, opened)
+}
+
+/// A connector that opens a handle of one in-memory broker whatever the URL, and counts them.
+fn embedded_connector() -> (super::target::Connector, Arc<std::sync::atomic::AtomicU32>) {
     use std::sync::atomic::{AtomicU32, Ordering};
     let broker = Broker::in_memory().unwrap();
     let opened = Arc::new(AtomicU32::new(0));
@@ -183,9 +191,22 @@ fn embedded_external(
         let h = broker.handle();
         Box::pin(async move { Ok(Arc::new(h) as Arc<dyn Backend>) })
     });
-    let target = super::target::ExternalTarget::new(url, connector)
-        .commands(crate::process::ExternalBroker::new("true", "true"));
-    (target, opened)
+    (connector, opened)
+}
+
+/// Runs `s` on `target`, which must refuse it; the refusal's text.
+async fn refusal(s: &Scenario, target: super::target::ExternalTarget) -> String {
+    let opts = super::RunOptions {
+        seed: Some(1),
+        squall_bin: "squall".into(),
+        progress: false,
+        replay: String::new(),
+        target: None,
+    };
+    super::run_on(s, &opts, Box::new(target))
+        .await
+        .unwrap_err()
+        .to_string()
 }
 
 const EXTERNAL: &str = r#"
@@ -262,11 +283,7 @@ async fn an_external_target_runs_a_scenario_with_restart_rules_and_process_fault
 #[tokio::test]
 async fn an_external_target_without_commands_refuses_process_faults_by_name() {
     let s = Scenario::parse(EXTERNAL, "bounce.toml").unwrap();
-    let broker = Broker::in_memory().unwrap();
-    let connector: super::target::Connector = Arc::new(move |_url: &str| {
-        let h = broker.handle();
-        Box::pin(async move { Ok(Arc::new(h) as Arc<dyn Backend>) })
-    });
+    let (connector, _) = embedded_connector();
     let target = super::target::ExternalTarget::new("nats://127.0.0.1:1", connector).names(
         super::target::CommandNames {
             start: "--start",
@@ -275,17 +292,7 @@ async fn an_external_target_without_commands_refuses_process_faults_by_name() {
             resume: "--resume",
         },
     );
-    let opts = super::RunOptions {
-        seed: Some(1),
-        squall_bin: "squall".into(),
-        progress: false,
-        replay: String::new(),
-        target: None,
-    };
-    let e = super::run_on(&s, &opts, Box::new(target))
-        .await
-        .unwrap_err();
-    let text = e.to_string();
+    let text = refusal(&s, target).await;
     assert!(
         text.contains("--start") && text.contains("--stop") && text.contains("kill9, start"),
         "{text}"
@@ -304,23 +311,9 @@ async fn a_kafka_target_refuses_fault_proxy_scenarios_instead_of_cutting_only_th
     )
     .unwrap();
     assert!(s.proxies().is_some(), "the scenario has proxy faults");
-    let broker = Broker::in_memory().unwrap();
-    let connector: super::target::Connector = Arc::new(move |_url: &str| {
-        let h = broker.handle();
-        Box::pin(async move { Ok(Arc::new(h) as Arc<dyn Backend>) })
-    });
+    let (connector, _) = embedded_connector();
     let target = super::target::ExternalTarget::new("kafka://127.0.0.1:9092", connector);
-    let opts = super::RunOptions {
-        seed: Some(1),
-        squall_bin: "squall".into(),
-        progress: false,
-        replay: String::new(),
-        target: None,
-    };
-    let e = super::run_on(&s, &opts, Box::new(target))
-        .await
-        .unwrap_err();
-    let text = e.to_string();
+    let text = refusal(&s, target).await;
     assert!(
         text.contains("advertised listener") && text.contains("--front"),
         "{text}"
