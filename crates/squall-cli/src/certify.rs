@@ -2,7 +2,8 @@
 //!
 //! For each backend it runs, against the real broker:
 //! 1. the universal conformance suite (`squall-testkit`), case by case, recording pass / fail /
-//!    skip (a skip names the capability the backend lacks);
+//!    skip (a skip names the capability the backend lacks; the restart case needs `--stop` and
+//!    `--start`, below, and is skipped without them rather than passed without a restart);
 //! 2. redelivery probes: how long a `nack` (no delay) and an expired lease (1 s `ack_wait`) take
 //!    to come back;
 //! 3. a short fault scenario (the chaos lab's workload through its fault proxy: the connection is
@@ -10,6 +11,8 @@
 //!    time. The proxy takes the URL's place; a broker whose clients dial the address it
 //!    advertises (Kafka) needs `--front LISTEN=UPSTREAM` instead: the proxy then stands at the
 //!    advertised address for the whole run and the broker listens behind it;
+//! 4. with `--stop ADDR=CMD --start ADDR=CMD` for the backend's `host:port`
+//!    ([`crate::certify_restart`]), the same workload across a restart of the broker;
 //!
 //! and writes one table — capabilities native / emulated / missing plus the observed figures —
 //! as Markdown and JSON. The README's table is this command's output, not typed by hand.
@@ -25,7 +28,10 @@ use squall_core::{Backend, Capabilities, Message, Subject, Subscription, Support
 use squall_testkit::{Case, Harness, Timing};
 
 use crate::backends;
-use crate::certify_faults::{self, FaultFigures};
+use crate::certify_faults::{self, Fault, FaultFigures};
+use crate::certify_restart;
+use squall_chaos::process::ExternalBroker;
+use squall_chaos::proxy::ProxyHandle;
 
 /// Arguments of `squall certify`.
 #[derive(Debug, clap::Args)]
@@ -45,7 +51,7 @@ pub struct Args {
     /// and `<!-- certificate -->`. Written whatever the outcome: failed cases are in the table.
     #[arg(long)]
     readme: Option<PathBuf>,
-    /// Run only the conformance cases whose name contains this.
+    /// Run only the conformance cases whose name contains this (several: comma-separated).
     #[arg(long)]
     cases: Option<String>,
     /// Messages the fault scenario sends (0: no fault scenario).
@@ -58,6 +64,20 @@ pub struct Args {
     /// UPSTREAM and advertise LISTEN, so that every connection passes the proxy. Repeatable.
     #[arg(long, value_name = "LISTEN=UPSTREAM", value_parser = certify_faults::Front::parse)]
     front: Vec<certify_faults::Front>,
+    /// `ADDR=CMD`: the shell command that stops (or kills) the broker of the backends whose URL
+    /// names ADDR (`host:port`, as written in the URL), for the broker restart row, e.g.
+    /// `127.0.0.1:4222=kill -9 $(cat /run/nats.pid)`. Needs the `--start` of the same ADDR.
+    /// Repeatable, one per broker.
+    #[arg(long, value_name = "ADDR=CMD", value_parser = certify_restart::AddrCommand::parse)]
+    stop: Vec<certify_restart::AddrCommand>,
+    /// `ADDR=CMD`: the shell command that starts that broker again; it must return (background
+    /// a server with its output redirected). certify then waits until ADDR (a `--front`'s
+    /// UPSTREAM) accepts connections.
+    #[arg(long, value_name = "ADDR=CMD", value_parser = certify_restart::AddrCommand::parse)]
+    start: Vec<certify_restart::AddrCommand>,
+    /// Bound of each --stop and --start command and of the wait for the broker.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    command_timeout: Duration,
 }
 
 /// One conformance case's outcome.
@@ -89,8 +109,10 @@ pub struct Certificate {
     pub nack_redelivery_ms: Option<u64>,
     /// Time from receiving to the redelivery when the 1 s lease is left to expire.
     pub lease_redelivery_ms: Option<u64>,
-    /// What the fault scenario observed.
+    /// What the fault scenario observed across the link cut.
     pub faults: Option<FaultFigures>,
+    /// What it observed across a broker restart (`--stop` / `--start`).
+    pub restart: Option<FaultFigures>,
     /// Problems met while certifying (a probe that could not run...).
     pub notes: Vec<String>,
 }
@@ -107,10 +129,18 @@ pub fn run(args: Args, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let restarts = certify_restart::Restarts::plan(
+        &args.stop,
+        &args.start,
+        &args.backends,
+        &args.front,
+        args.command_timeout,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let mut certs = Vec::new();
     for url in &args.backends {
         writeln!(out, "certifying {}", backends::redact(url))?;
-        let cert = rt.block_on(certify(url, &args))?;
+        let cert = rt.block_on(certify(url, &args, restarts.for_url(url)))?;
         writeln!(
             out,
             "  conformance: {} passed, {} failed, {} skipped",
@@ -168,11 +198,13 @@ pub fn replace_between_markers(text: &str, table: &str) -> anyhow::Result<String
     ))
 }
 
-/// The suite's view of a backend given by URL: every `backend()` is a new connection.
+/// The suite's view of a backend given by URL: every `backend()` is a new connection; with
+/// `--stop`/`--start` commands for its address, `restart()` runs them.
 struct UrlHarness {
     url: String,
     name: String,
     caps: Capabilities,
+    restart: Option<ExternalBroker>,
 }
 
 /// A JetStream URL gets one stream per case and probe (`stream_depth=3`: `t.<case>.<tag>`), all
@@ -230,20 +262,32 @@ impl Harness for UrlHarness {
         backends::connect(&self.url).await
     }
     async fn restart(&self) -> squall_core::Result<Option<Arc<dyn Backend>>> {
-        // The certificate's restart evidence comes from the fault scenario, not the suite.
-        Ok(None)
+        let Some(broker) = &self.restart else {
+            return Ok(None);
+        };
+        broker.restart().await.map_err(|e| {
+            squall_core::Error::new(
+                squall_core::ErrorKind::Unavailable,
+                format!("restarting the broker with --stop/--start: {e}"),
+            )
+        })?;
+        backends::connect(&self.url).await.map(Some)
     }
     fn timing(&self) -> Timing {
         Timing::real()
     }
 }
 
-async fn certify(url: &str, args: &Args) -> anyhow::Result<Certificate> {
+async fn certify(
+    url: &str,
+    args: &Args,
+    restart: Option<&ExternalBroker>,
+) -> anyhow::Result<Certificate> {
     let front = match certify_faults::Front::find(&args.front, url) {
         Some(f) => Some(f.spawn().await?),
         None => None,
     };
-    let result = certify_with(url, args, front.as_ref()).await;
+    let result = certify_with(url, args, front.as_ref(), restart).await;
     if let Some(p) = front {
         p.stop().await;
     }
@@ -253,7 +297,8 @@ async fn certify(url: &str, args: &Args) -> anyhow::Result<Certificate> {
 async fn certify_with(
     url: &str,
     args: &Args,
-    front: Option<&squall_chaos::proxy::ProxyHandle>,
+    front: Option<&ProxyHandle>,
+    restart: Option<&ExternalBroker>,
 ) -> anyhow::Result<Certificate> {
     let url = &suite_url(url);
     let first = backends::connect(url)
@@ -263,6 +308,7 @@ async fn certify_with(
         url: suite_url(url),
         name: first.name().to_string(),
         caps: first.capabilities(),
+        restart: restart.cloned(),
     });
     let mut cert = Certificate {
         backend: backends::redact(url),
@@ -272,6 +318,7 @@ async fn certify_with(
         nack_redelivery_ms: None,
         lease_redelivery_ms: None,
         faults: None,
+        restart: None,
         notes: Vec::new(),
     };
     for &case in Case::ALL {
@@ -279,17 +326,25 @@ async fn certify_with(
         if args
             .cases
             .as_ref()
-            .is_some_and(|f| !info.name.contains(f.as_str()))
+            .is_some_and(|f| !f.split(',').any(|part| info.name.contains(part)))
         {
             continue;
         }
         let missing = info.missing(&harness.caps);
-        if !missing.is_empty() {
+        let skip = if !missing.is_empty() {
             let names: Vec<&str> = missing.iter().map(|f| f.name()).collect();
+            Some(format!("lacks {}", names.join(", ")))
+        } else if case == Case::DurableGroupSurvivesRestart && restart.is_none() {
+            // The case would pass without restarting anything: not a pass certify can give.
+            Some("needs --stop/--start to restart the broker".to_string())
+        } else {
+            None
+        };
+        if let Some(detail) = skip {
             cert.cases.push(CaseOutcome {
                 name: info.name,
                 outcome: "skip",
-                detail: format!("lacks {}", names.join(", ")),
+                detail,
                 millis: 0,
             });
             continue;
@@ -325,7 +380,7 @@ async fn certify_with(
             proxy.listen_addr(),
             proxy.upstream()
         ));
-        match certify_faults::workload(url, args.fault_messages, proxy).await {
+        match certify_faults::workload(url, args.fault_messages, Fault::LinkCut(proxy)).await {
             Ok(f) => cert.faults = Some(f),
             Err(e) => cert.notes.push(format!("fault scenario: {e:#}")),
         }
@@ -341,6 +396,12 @@ async fn certify_with(
         match certify_faults::run(url, args.fault_messages).await {
             Ok(f) => cert.faults = Some(f),
             Err(e) => cert.notes.push(format!("fault scenario: {e:#}")),
+        }
+    }
+    if let (Some(broker), true) = (restart, args.fault_messages > 0) {
+        match certify_faults::workload(url, args.fault_messages, Fault::Restart(broker)).await {
+            Ok(f) => cert.restart = Some(f),
+            Err(e) => cert.notes.push(format!("broker restart: {e:#}")),
         }
     }
     let _ = first.close().await;
@@ -418,6 +479,24 @@ fn ms(v: Option<u64>) -> String {
     v.map(|v| format!("{v} ms")).unwrap_or_else(|| "—".into())
 }
 
+/// The longest note a table cell shows (the JSON keeps it whole).
+const NOTE_CHARS: usize = 400;
+
+/// `text` fit for one Markdown table cell: on one line (a command's error output spans many),
+/// no `|`, at most [`NOTE_CHARS`] characters.
+fn table_cell(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut cell: String = one_line
+        .replace('|', "/")
+        .chars()
+        .take(NOTE_CHARS)
+        .collect();
+    if one_line.chars().count() > NOTE_CHARS {
+        cell.push_str(" …");
+    }
+    cell
+}
+
 /// One table, a column per backend.
 pub fn markdown(certs: &[Certificate]) -> String {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
@@ -454,11 +533,14 @@ pub fn markdown(certs: &[Certificate]) -> String {
             .iter()
             .filter(|k| k.outcome == "fail")
             .map(|k| format!("FAILED {}: {}", k.name, k.detail));
-        let notes: Vec<String> = failed.chain(c.notes.iter().cloned()).collect();
+        let notes: Vec<String> = failed
+            .chain(c.notes.iter().cloned())
+            .map(|n| table_cell(&n))
+            .collect();
         if notes.is_empty() {
             "—".into()
         } else {
-            notes.join("; ").replace('|', "/")
+            notes.join("; ")
         }
     });
     let mut s = String::from("| |");
@@ -489,6 +571,15 @@ mod tests {
         let own = "nats://h:1?jetstream=1&stream=S&subjects=t.>";
         assert_eq!(suite_url(own), own);
         assert_eq!(suite_url("nats://h:1"), "nats://h:1");
+    }
+
+    #[test]
+    fn a_note_spanning_lines_stays_in_its_cell() {
+        let cell = table_cell("--stop: failed:\nError: a | b\n\n  * cause");
+        assert_eq!(cell, "--stop: failed: Error: a / b * cause");
+        let long = table_cell(&"x ".repeat(1000));
+        assert_eq!(long.chars().count(), NOTE_CHARS + 2);
+        assert!(long.ends_with(" …"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The fault part of `squall certify`: a short keyed workload through the chaos lab's TCP fault
 //! proxy, with the link cut mid-run.
 //!
-//! A producer publishes `n` messages over 8 keys through the proxy (each key's messages one
-//! after the other; a failed send or confirm is retried with the same message id, so backends
-//! with deduplication can drop the copy); one consumer in a durable group receives and acks them,
-//! also through the proxy. Once a third is confirmed the proxy goes down (every connection
-//! closed, new ones refused) for 2 s, then up again. At the end every confirmed message must
-//! have been received: the figures are what a user of this backend would have seen.
+//! A producer publishes `n` messages over 8 keys through the proxy, spread over 8 s at least
+//! (each key's messages one after the other; a failed send or confirm is retried with the same
+//! message id, so backends with deduplication can drop the copy); one consumer in a durable
+//! group receives and acks them, also through the proxy. Once a third is confirmed the
+//! [`Fault`] strikes: the proxy goes down (every connection closed, new ones refused) for 2 s,
+//! then up again; or, with `--stop` and `--start` ([`crate::certify_restart`]), the broker
+//! itself is stopped and started. At the end every confirmed message must have been received:
+//! the figures are what a user of this backend would have seen.
 //!
 //! The proxy takes the place of the URL's `host:port` ([`run`]), or, with `--front`
 //! ([`Front`]), stands at the address a broker advertises for the whole certification (Kafka
@@ -24,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use squall_chaos::proxy::Proxy;
+use squall_chaos::process::ExternalBroker;
+use squall_chaos::proxy::{Proxy, ProxyHandle};
 use squall_core::{Message, Subject, Subscription};
 use tokio::sync::Mutex;
 
@@ -33,6 +36,10 @@ use crate::backends;
 const KEYS: u64 = 8;
 const OUTAGE: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The producers spread their messages over this time at least (a backend that takes them
+/// more slowly sets its own pace): unpaced, a fast backend (core NATS, RabbitMQ) confirms all
+/// of them while a stop command is still running, and the fault strikes an idle workload.
+const PACE: Duration = Duration::from_secs(8);
 /// The longest drain after the producers finished. It ends sooner when every confirmed message
 /// arrived or nothing new arrived for 10 s; the cap only stops a backend that is still
 /// delivering, slowly (moto's receives slow down with the queue's depth), so it is generous:
@@ -52,34 +59,86 @@ pub struct FaultFigures {
     pub duplicates: u64,
     /// First deliveries that came after a later message of the same key.
     pub reorders: u64,
-    /// From the link coming back to the first confirmed publish and the first delivery after
-    /// it, whichever is later; `None` when nothing was sent or received after the link came
-    /// back (everything had been sent, or the backend never recovered).
+    /// How long the fault lasted: the link cut's 2 s, or from the stop command to the broker
+    /// answering again after the start command.
+    pub outage_ms: u64,
+    /// From the healing (the link coming up, or the start command beginning: a restart's
+    /// recovery includes the broker's start-up) to the first confirmed publish and the first
+    /// delivery after it, whichever is later; `None` when nothing was sent or received after
+    /// it (everything had been sent, or the backend never recovered).
     pub recovery_ms: Option<u64>,
 }
 
-/// Adds the fault rows to the certificate table.
+/// What strikes the workload once a third of its messages are confirmed.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault<'a> {
+    /// The proxy every connection passes goes down for 2 s, then up.
+    LinkCut(&'a ProxyHandle),
+    /// The broker is stopped, then started and waited for (its ready check).
+    Restart(&'a ExternalBroker),
+}
+
+impl Fault<'_> {
+    /// Strikes and heals; how long it lasted. `healed` is set just before the healing action
+    /// (the proxy coming up, the start command): no traffic can flow before it, so whatever
+    /// is confirmed or delivered after that instant counts as recovered.
+    async fn strike(self, healed: &Mutex<Option<Instant>>) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        match self {
+            Fault::LinkCut(proxy) => {
+                proxy.down().await;
+                tokio::time::sleep(OUTAGE).await;
+                *healed.lock().await = Some(Instant::now());
+                proxy.up().await.context("bringing the proxy back up")?;
+            }
+            Fault::Restart(broker) => {
+                broker.stop().await.context("--stop")?;
+                *healed.lock().await = Some(Instant::now());
+                broker.start().await.context("--start")?;
+            }
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// Adds the fault rows to the certificate table: the link cut's, then the broker restart's.
 pub fn rows(row: &mut impl FnMut(&str, &dyn Fn(&crate::certify::Certificate) -> String)) {
+    figure_rows(row, "link cut 2 s", |c| c.faults.as_ref(), "—");
+    row("broker restart: stop → ready", &|c| {
+        c.restart
+            .as_ref()
+            .map(|f| format!("{} ms", f.outage_ms))
+            .unwrap_or_else(|| "not run".into())
+    });
+    figure_rows(row, "broker restart", |c| c.restart.as_ref(), "not run");
+}
+
+fn figure_rows(
+    row: &mut impl FnMut(&str, &dyn Fn(&crate::certify::Certificate) -> String),
+    fault: &str,
+    pick: fn(&crate::certify::Certificate) -> Option<&FaultFigures>,
+    absent: &str,
+) {
     let fig = |c: &crate::certify::Certificate, f: &dyn Fn(&FaultFigures) -> String| {
-        c.faults.as_ref().map(f).unwrap_or_else(|| "—".into())
+        pick(c).map(f).unwrap_or_else(|| absent.into())
     };
-    row("link cut 2 s: confirmed / lost", &|c| {
+    row(&format!("{fault}: confirmed / lost"), &|c| {
         fig(c, &|f| format!("{} / {}", f.confirmed, f.lost))
     });
-    row("link cut 2 s: duplicate rate", &|c| {
+    row(&format!("{fault}: duplicate rate"), &|c| {
         fig(c, &|f| {
             let rate = f.duplicates as f64 / f.confirmed.max(1) as f64 * 100.0;
             format!("{rate:.2} %")
         })
     });
-    row("link cut 2 s: per-key order violations", &|c| {
+    row(&format!("{fault}: per-key order violations"), &|c| {
         fig(c, &|f| f.reorders.to_string())
     });
-    row("link cut 2 s: recovery", &|c| {
+    row(&format!("{fault}: recovery"), &|c| {
         fig(c, &|f| {
-            f.recovery_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| {
-                "not observed: nothing sent or received after the link came back".into()
-            })
+            f.recovery_ms
+                .map(|m| format!("{m} ms"))
+                .unwrap_or_else(|| "not observed: nothing sent or received after the fault".into())
         })
     });
 }
@@ -116,16 +175,18 @@ impl Front {
         let listen = listen
             .parse()
             .map_err(|e| format!("LISTEN `{listen}` is not an IP address and port: {e}"))?;
-        let port_ok = upstream
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !port_ok {
+        if !squall_chaos::runner::target::is_host_port(upstream) {
             return Err(format!("UPSTREAM `{upstream}` is not host:port"));
         }
         Ok(Front {
             listen,
             upstream: upstream.to_string(),
         })
+    }
+
+    /// UPSTREAM: where the broker behind the proxy listens.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
     }
 
     /// The front whose LISTEN is the `host:port` of `url`, if any.
@@ -135,7 +196,7 @@ impl Front {
     }
 
     /// Starts the proxy.
-    pub async fn spawn(&self) -> anyhow::Result<squall_chaos::proxy::ProxyHandle> {
+    pub async fn spawn(&self) -> anyhow::Result<ProxyHandle> {
         Proxy::new(self.listen, self.upstream.clone())
             .name("certify-front")
             .spawn()
@@ -161,17 +222,21 @@ pub async fn run(url: &str, n: u64) -> anyhow::Result<FaultFigures> {
         .await
         .context("starting the fault proxy")?;
     let (proxied, _) = via(url, proxy.listen_addr())?;
-    let result = workload(&proxied, n, &proxy).await;
+    let result = workload(&proxied, n, Fault::LinkCut(&proxy)).await;
+    // The workload's clients are closed and dropped; their connections end on their own.
+    // Stopping the proxy first would look like an outage to a client library still tearing
+    // its connection down: async-nats 0.51 then reconnects to the stopped proxy for ever.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.stats().active > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.stop().await;
     result
 }
 
-/// Runs the probe against `url`, whose connections all pass `proxy` (the one `down`/`up` cut).
-pub async fn workload(
-    url: &str,
-    n: u64,
-    proxy: &squall_chaos::proxy::ProxyHandle,
-) -> anyhow::Result<FaultFigures> {
+/// Runs the probe against `url` with `fault` striking mid-run (a link cut: every connection to
+/// `url` must pass its proxy).
+pub async fn workload(url: &str, n: u64, fault: Fault<'_>) -> anyhow::Result<FaultFigures> {
     let backend = backends::connect(url).await?;
     let tag = format!("{:08x}", rand::random::<u32>());
     let caps = backend.capabilities();
@@ -252,18 +317,22 @@ pub async fn workload(
         let msgs = (0..n)
             .filter(|i| i % KEYS == key)
             .map(|i| {
-                Ok(Message::builder(subject(key)?.as_str())?
+                let due = tokio::time::Instant::from_std(started)
+                    + PACE.mul_f64(i as f64 / n.max(1) as f64);
+                let msg = Message::builder(subject(key)?.as_str())?
                     .id(format!("{tag}-{i}"))?
                     .key(format!("k{key}"))?
                     .payload(format!("{key}:{}", i / KEYS))
-                    .build())
+                    .build();
+                Ok((due, msg))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         // One key's messages one after the other: a retry never overtakes, so the order the
         // consumer sees is the broker's.
         producers.spawn(async move {
             let mut ok = Vec::new();
-            'next: for msg in msgs {
+            'next: for (due, msg) in msgs {
+                tokio::time::sleep_until(due).await;
                 while started.elapsed() < TIMEOUT {
                     if b.publish(msg.clone()).await.is_ok() {
                         ok.push(msg.id().to_string());
@@ -283,10 +352,17 @@ pub async fn workload(
     while confirmed_count.load(Ordering::Relaxed) < n / 3 && started.elapsed() < TIMEOUT {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    proxy.down().await;
-    tokio::time::sleep(OUTAGE).await;
-    proxy.up().await.context("bringing the proxy back up")?;
-    *healed.lock().await = Some(Instant::now());
+    let outage = match fault.strike(&healed).await {
+        Ok(d) => d,
+        Err(e) => {
+            // Nothing to measure: stop the workload and say why.
+            producers.abort_all();
+            done.store(true, Ordering::Relaxed);
+            let _ = reader.await;
+            let _ = backend.close().await;
+            return Err(e);
+        }
+    };
     let mut confirmed: HashSet<String> = HashSet::new();
     while let Some(r) = producers.join_next().await {
         confirmed.extend(r?);
@@ -331,6 +407,7 @@ pub async fn workload(
             .count() as u64,
         duplicates: s.received.values().map(|c| c - 1).sum(),
         reorders: s.reorders,
+        outage_ms: outage.as_millis() as u64,
         recovery_ms: recovery,
     })
 }

@@ -13,7 +13,7 @@
 //! | [`client_cmds`] | `squall pub`, `sub`, `req`, `stats`: a client of `squall serve` |
 //! | [`dlq`] | `squall dlq ls`, `show`, `redrive`: dead letters of `squall serve` |
 //! | [`bench`] | `squall bench`: squall side by side with NATS and RabbitMQ; exit 3 busy machine, 4 a row failed |
-//! | [`certify`] | `squall certify --backend URL`: conformance, redelivery and a link cut, as one table ([`certify_faults`]: the link cut, `--front` for brokers that advertise their address) |
+//! | [`certify`] | `squall certify --backend URL`: conformance, redelivery and a link cut, as one table ([`certify_faults`]: the link cut, `--front` for brokers that advertise their address; [`certify_restart`]: `--stop`/`--start`, the broker restart) |
 //! | [`backends`] | `--backend URL` → a connected backend, by scheme |
 
 use std::io::{self, Write};
@@ -25,6 +25,7 @@ mod backends;
 mod bench;
 mod certify;
 mod certify_faults;
+mod certify_restart;
 mod chaos;
 mod client_cmds;
 mod dlq;

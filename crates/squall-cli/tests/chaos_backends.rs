@@ -220,67 +220,29 @@ fn run(scenario: &str, args: &[&str], limit: Duration) -> Run {
     }
 }
 
-/// A `nats-server` with JetStream that this test starts on a free port with its own store, and
-/// kills (by the PID in its PID file) when dropped.
-struct PrivateNats {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl PrivateNats {
-    fn start() -> Option<PrivateNats> {
-        let bin = std::env::var("SQUALL_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-        if !shell(&format!("command -v {bin}"), Duration::from_secs(5)) {
-            skip(&format!("no `{bin}` on PATH (set SQUALL_NATS_SERVER)"));
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = support::free_port();
-        let d = dir.path().display();
-        // Backgrounded with its output redirected, so the command ends at once.
-        let start = format!(
-            "{bin} -a 127.0.0.1 -p {port} -js -sd {d}/store -P {d}/nats.pid >>{d}/nats.log 2>&1 &"
-        );
-        std::fs::write(dir.path().join("start.sh"), start).unwrap();
-        let nats = PrivateNats { dir, port };
-        assert!(shell(&nats.start_command(), Duration::from_secs(10)));
-        assert!(
-            wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20)),
-            "the private nats-server did not listen: {}",
-            std::fs::read_to_string(nats.dir.path().join("nats.log")).unwrap_or_default()
-        );
-        Some(nats)
+/// A `nats-server` with JetStream that this test starts on a free port with its own store
+/// (through the shell commands it gives `--start` and `--stop`), killed when dropped.
+fn private_nats() -> Option<support::ShellDaemon> {
+    let bin = std::env::var("SQUALL_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    if !shell(&format!("command -v {bin}"), Duration::from_secs(5)) {
+        skip(&format!("no `{bin}` on PATH (set SQUALL_NATS_SERVER)"));
+        return None;
     }
-
-    fn start_command(&self) -> String {
-        format!("sh {}/start.sh", self.dir.path().display())
-    }
-
-    fn stop_command(&self) -> String {
-        let f = self.dir.path().join("nats.pid");
-        format!("kill -9 $(cat {0}) && rm -f {0}", f.display())
-    }
-
-    fn pid(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.path().join("nats.pid"))
-            .ok()
-            .map(|p| p.trim().to_string())
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-        }
-    }
+    let nats = support::ShellDaemon::new(|dir, port| {
+        format!(
+            "{bin} -a 127.0.0.1 -p {port} -js -sd {}/store",
+            dir.display()
+        )
+    });
+    nats.start();
+    Some(nats)
 }
 
 #[test]
 fn a_jetstream_server_killed_and_restarted_loses_nothing_confirmed_and_core_nats_reports_its_loss()
 {
     let _turn = turn();
-    let Some(nats) = PrivateNats::start() else {
+    let Some(nats) = private_nats() else {
         return;
     };
     let (start, stop) = (nats.start_command(), nats.stop_command());

@@ -21,8 +21,10 @@
 //!   been answered by SQS into the lost connection: what it took is received by nobody and
 //!   comes again when its visibility timeout (`ack_wait + lease_grace`) ends, as the next
 //!   attempt. Nothing is lost, but it is late by up to that timeout; keep `ack_wait` short
-//!   (and extend leases for long work) where that matters. (FIFO queues offer
-//!   `ReceiveRequestAttemptId` to fetch such a batch again; the adapter does not use it yet.)
+//!   (and extend leases for long work) where that matters. On FIFO queues each receive carries
+//!   a `ReceiveRequestAttemptId`, kept until a receive is answered: SQS answers the retry of a
+//!   lost receive with the messages it took, at once (moto ignores attempt ids, so against
+//!   moto FIFO queues wait out the timeout like standard ones).
 //!
 //! `close` (or dropping the consumer, or closing the backend handle) makes what the consumer
 //! held visible again at once, for the group's other members, and deletes the queue of a
@@ -274,6 +276,7 @@ async fn drive(
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut reported = false;
     let visibility = shared.visibility();
+    let mut attempt = ReceiveAttempt::default();
     'outer: loop {
         // Room for a batch in the client first, then at least one delivery the application may
         // hold; the request asks for no more than both allow.
@@ -312,10 +315,14 @@ async fn drive(
             break;
         }
         tracing::trace!(queue = %shared.name, asking = held.len(), free = permits.flight.available_permits(), "receiving");
-        let receiving =
-            shared
-                .queues
-                .receive(&shared.url, held.len() as i32, cfg.wait_time, visibility);
+        let attempt_id = attempt.id(cfg.fifo, Instant::now());
+        let receiving = shared.queues.receive(
+            &shared.url,
+            held.len() as i32,
+            cfg.wait_time,
+            visibility,
+            attempt_id.as_deref(),
+        );
         let received = if owned {
             // The queue is deleted when the consumer ends: what a dropped receive held dies
             // with it, so there is no need to wait for the long poll.
@@ -334,6 +341,7 @@ async fn drive(
         tracing::trace!(queue = %shared.name, received = ?received.as_ref().map(|m| m.len()), "received");
         match received {
             Ok(msgs) => {
+                attempt.answered();
                 backoff.reset();
                 reported = false;
                 if shared.cancel.is_cancelled() {
@@ -495,6 +503,42 @@ async fn handle(
         .is_ok()
 }
 
+/// The FIFO `ReceiveRequestAttemptId` of the next receive. A receive whose answer was lost (a
+/// cut connection, a timeout) may still have taken messages, which would then stay invisible
+/// for their visibility timeout; SQS answers a retry carrying the same attempt id with those
+/// same messages at once. So the id is kept until a receive is answered, and renewed after
+/// 4 minutes (SQS honours an attempt id for 5). Standard queues have no attempt ids.
+#[derive(Debug, Default)]
+struct ReceiveAttempt {
+    current: Option<(String, Instant)>,
+}
+
+/// How long an attempt id is reused: SQS keeps it for 5 minutes, less the time a receive and
+/// its retries may take.
+const ATTEMPT_REUSE: Duration = Duration::from_secs(240);
+
+impl ReceiveAttempt {
+    /// The id to send now, `None` for a standard queue.
+    fn id(&mut self, fifo: bool, now: Instant) -> Option<String> {
+        if !fifo {
+            return None;
+        }
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|(_, since)| now.saturating_duration_since(*since) > ATTEMPT_REUSE)
+        {
+            self.current = Some((uuid::Uuid::now_v7().simple().to_string(), now));
+        }
+        self.current.as_ref().map(|(id, _)| id.clone())
+    }
+
+    /// The receive was answered: the next one is a new attempt.
+    fn answered(&mut self) {
+        self.current = None;
+    }
+}
+
 /// Copies an undecodable message as received to `<queue_prefix>parked`; returns that name.
 async fn park(shared: &Shared, m: &SqsMessage) -> Result<String> {
     let cfg = shared.config();
@@ -528,4 +572,31 @@ async fn park(shared: &Shared, m: &SqsMessage) -> Result<String> {
         )
         .await?;
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_receive_keeps_its_attempt_id_until_answered() {
+        let mut a = ReceiveAttempt::default();
+        let t0 = Instant::now();
+        assert_eq!(a.id(false, t0), None, "standard queues send no attempt id");
+        let first = a.id(true, t0).unwrap();
+        let retry = a.id(true, t0 + Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            first, retry,
+            "an unanswered receive is retried as the same attempt"
+        );
+        a.answered();
+        let next = a.id(true, t0 + Duration::from_secs(31)).unwrap();
+        assert_ne!(next, first, "an answered receive ends the attempt");
+        let late = a.id(true, t0 + Duration::from_secs(31) + ATTEMPT_REUSE * 2);
+        assert_ne!(
+            late.unwrap(),
+            next,
+            "an attempt id older than 4 minutes is renewed"
+        );
+    }
 }

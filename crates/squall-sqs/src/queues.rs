@@ -457,13 +457,15 @@ impl Queues {
         Some(turns.entry(url.to_string()).or_default().clone())
     }
 
-    /// `ReceiveMessage`: up to `n` messages, waiting up to `wait`, invisible for `visibility`.
+    /// `ReceiveMessage`: up to `n` messages, waiting up to `wait`, invisible for `visibility`;
+    /// `attempt` is the FIFO `ReceiveRequestAttemptId` (see [`crate::consumer`]).
     pub async fn receive(
         &self,
         url: &str,
         n: i32,
         wait: Duration,
         visibility: Duration,
+        attempt: Option<&str>,
     ) -> Result<Vec<SqsMessage>> {
         let what = format!("receiving from queue `{}`", naming::name_from_url(url));
         self.bounded(&what, wait + self.limit(), async {
@@ -476,6 +478,7 @@ impl Queues {
                 .visibility_timeout(visibility.as_secs().min(i32::MAX as u64) as i32)
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::All)
+                .set_receive_request_attempt_id(attempt.map(str::to_string))
                 .send()
                 .await
                 .map_err(|e| sqs(&what, &self.endpoint, e))?;

@@ -153,16 +153,19 @@ pub fn external(s: &Scenario, connector: Connector) -> Result<ExternalTarget, Ru
     Ok(target)
 }
 
+/// Whether `s` is `host:port`: a non-empty host, a colon, a port number.
+pub fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+}
+
 /// A `ready` setting: `none`, `http://…` (GET answering 200) or `host:port` (TCP connect).
 pub fn parse_ready(r: &str) -> Result<Ready, RunError> {
     if r == "none" {
         Ok(Ready::Immediately)
     } else if r.starts_with("http://") {
         Ok(Ready::Http(r.to_string()))
-    } else if r
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-    {
+    } else if is_host_port(r) {
         Ok(Ready::Tcp(r.to_string()))
     } else {
         Err(RunError::Scenario(format!(
