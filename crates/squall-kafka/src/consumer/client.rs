@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::collections::{BTreeMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use squall_core::{Error, ErrorKind, StartPosition};
 
 use super::Shared;
 use super::state::{Offer, Part, Tp};
+use super::turn::Leave;
 use crate::codec::{self, Record};
 use crate::config::KafkaConfig;
 use crate::error::from_kafka;
@@ -153,65 +154,22 @@ pub(crate) fn run(
             next_scan = Instant::now() + refresh;
         }
     }
-    let turn = shared.turn.clone();
-    let guard = turn
-        .as_deref()
-        .and_then(|t| leave_in_turn(&client, &shared, t));
+    let window = shared.link.config.join_timeout;
+    let leave = shared.member.as_ref().map(|m| {
+        m.leave(window, || {
+            let _ = client.poll(Duration::from_millis(50));
+        })
+    });
+    if matches!(leave, Some(Leave::TimedOut)) {
+        tracing::warn!(target: "squall_kafka", group = ?shared.group_id,
+            "leaving the group without waiting for it to settle");
+    }
     shared.client.lock().expect("client lock").take();
     drop(client);
-    if let Some(t) = &turn {
-        t.epoch.fetch_add(1, Ordering::AcqRel);
-    }
-    drop(guard);
+    drop(leave);
     shared.notify.notify_waiters();
     let _ = done.send(());
     drop(live);
-}
-
-/// The members of one group in this process take turns to leave it.
-///
-/// tansu 0.6 keeps a departed member as the leader of a group that is rebalancing when its
-/// leader leaves, after which nobody can join the group again. So a member leaves only while
-/// it holds its group's turn and is steady since the previous member left (its last rebalance,
-/// after that leave, gave it an assignment: the group has a live leader that synced), polling
-/// meanwhile so the rebalances of the others complete. Bounded by `join_timeout`.
-#[derive(Default)]
-pub(crate) struct Turn {
-    lock: std::sync::Mutex<()>,
-    /// Leaves completed in this process.
-    pub epoch: AtomicU64,
-}
-
-/// The turn of group `group_id` on the cluster `bootstrap`.
-pub(crate) fn turn_of(bootstrap: &str, group_id: &str) -> Arc<Turn> {
-    static TURNS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<Turn>>>> =
-        std::sync::LazyLock::new(Default::default);
-    let mut m = TURNS.lock().unwrap_or_else(|p| p.into_inner());
-    m.retain(|_, v| Arc::strong_count(v) > 1);
-    m.entry(format!("{bootstrap}/{group_id}"))
-        .or_default()
-        .clone()
-}
-
-fn leave_in_turn<'a>(
-    client: &Client,
-    shared: &Shared,
-    turn: &'a Turn,
-) -> Option<std::sync::MutexGuard<'a, ()>> {
-    let deadline = Instant::now() + shared.link.config.join_timeout;
-    loop {
-        if Instant::now() >= deadline {
-            tracing::warn!(target: "squall_kafka", group = ?shared.group_id,
-                "leaving the group without waiting for it to settle");
-            return None;
-        }
-        if shared.steady_epoch.load(Ordering::Acquire) == turn.epoch.load(Ordering::Acquire)
-            && let Ok(g) = turn.lock.try_lock()
-        {
-            return Some(g);
-        }
-        let _ = client.poll(Duration::from_millis(50));
-    }
 }
 
 /// Records taken from librdkafka in one go before the application is woken.
@@ -513,10 +471,8 @@ fn on_assign(shared: &Arc<Shared>, base: &Client, tpl: &mut TopicPartitionList, 
         st.assignments += 1;
     }
     drop(st);
-    if let Some(t) = &shared.turn {
-        shared
-            .steady_epoch
-            .store(t.epoch.load(Ordering::Acquire), Ordering::Release);
+    if let Some(m) = &shared.member {
+        m.assigned();
     }
     shared.notify.notify_waiters();
 }
@@ -527,8 +483,8 @@ fn on_revoke(shared: &Arc<Shared>, base: &Client, tpl: &mut TopicPartitionList, 
         .iter()
         .map(|e| (Arc::<str>::from(e.topic()), e.partition()))
         .collect();
-    if !cooperative {
-        shared.steady_epoch.store(u64::MAX, Ordering::Release);
+    if !cooperative && let Some(m) = &shared.member {
+        m.revoked();
     }
     revoke_all(shared, base, &tps);
     let r = if cooperative {

@@ -23,9 +23,10 @@
 //!   Kafka, uncommitted, until settled, so a member that closes or crashes leaves them to the
 //!   partition's next owner.
 //! - **Closing** a group member leaves the group after committing what was acked. Members of
-//!   one group in this process leave one at a time, each once the group is steady again after
-//!   the previous one left (bounded by `join_timeout`): tansu 0.6 can lose a group whose
-//!   leader leaves mid-rebalance. So closing many members at once takes a rebalance each.
+//!   one group in this process leave one at a time, each once every member here has been
+//!   through the rebalance the previous leave caused (bounded by `join_timeout` from the last
+//!   progress; see `turn`): tansu 0.6 loses a group whose leader leaves mid-rebalance. So
+//!   closing many members at once takes a rebalance each.
 //! - **Attempt numbers** survive a change of owner through the commit metadata
 //!   (`squall1:<offset>=<attempts>,...`), and within one process through the backend handle;
 //!   a broker that drops commit metadata (tansu 0.6) keeps them only within the process; after
@@ -34,6 +35,7 @@
 mod acker;
 mod client;
 pub(crate) mod state;
+mod turn;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,11 +79,9 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// Connection failures seen, to report a lasting outage once.
     pub outage: Mutex<client::Outage>,
-    /// In a group: the turn to leave, shared by the group's members in this process.
-    pub turn: Option<Arc<client::Turn>>,
-    /// In a group: the turn's epoch when a rebalance last gave this member an assignment
-    /// (`u64::MAX` while a rebalance is pending).
-    pub steady_epoch: AtomicU64,
+    /// In a group: this member's place in the turn to leave it, shared by the group's
+    /// members in this process.
+    pub member: Option<turn::Member>,
     nonce: AtomicU64,
 }
 
@@ -289,10 +289,9 @@ pub(crate) async fn subscribe(link: Link, sub: Subscription) -> Result<KafkaCons
         discover: group_id.is_none() && literal.is_none(),
         stop: AtomicBool::new(false),
         outage: Mutex::new(client::Outage::default()),
-        turn: group_id
+        member: group_id
             .as_deref()
-            .map(|g| client::turn_of(&c.bootstrap(), g)),
-        steady_epoch: AtomicU64::new(u64::MAX),
+            .map(|g| turn::Member::new(turn::turn_of(&c.bootstrap(), g))),
         nonce: AtomicU64::new(0),
     });
     let _ = client.context().shared.set(Arc::downgrade(&shared));
