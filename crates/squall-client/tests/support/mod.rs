@@ -165,6 +165,9 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Bumped by every cut; a connection ends when it changes.
     generation: tokio::sync::watch::Sender<u64>,
+    /// The generation, read-locked by every forwarding write: a cut takes it for writing, so
+    /// once `cut` returns nothing of an older connection is forwarded any more.
+    gate: Arc<tokio::sync::RwLock<u64>>,
     accepting: Arc<std::sync::atomic::AtomicBool>,
     mute: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
@@ -178,7 +181,8 @@ impl Proxy {
         let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
         let accepting = Arc::new(AtomicBool::new(true));
         let mute = Arc::new(AtomicBool::new(false));
-        let (open, muted) = (accepting.clone(), mute.clone());
+        let gate = Arc::new(tokio::sync::RwLock::new(0u64));
+        let (open, muted, gates) = (accepting.clone(), mute.clone(), gate.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -189,7 +193,7 @@ impl Proxy {
                 }
                 let mut cut = gen_rx.clone();
                 let born = *cut.borrow_and_update();
-                let muted = muted.clone();
+                let (muted, gate) = (muted.clone(), gates.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         return;
@@ -198,8 +202,8 @@ impl Proxy {
                     let (sr, sw) = server.into_split();
                     let never = Arc::new(AtomicBool::new(false));
                     tokio::select! {
-                        _ = pipe(cr, sw, never) => {}
-                        _ = pipe(sr, cw, muted) => {}
+                        _ = pipe(cr, sw, never, (&gate, born)) => {}
+                        _ = pipe(sr, cw, muted, (&gate, born)) => {}
                         _ = cut.wait_for(|g| *g != born) => {} // cut: every socket dropped
                     }
                 });
@@ -208,6 +212,7 @@ impl Proxy {
         Proxy {
             addr,
             generation,
+            gate,
             accepting,
             mute,
             task,
@@ -215,9 +220,13 @@ impl Proxy {
     }
 
     /// Drops every connection and refuses new ones.
-    pub fn cut(&self) {
+    /// Once this returns, nothing more passes on the connections cut (a write under way
+    /// finishes first).
+    pub async fn cut(&self) {
         self.accepting
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut gate = self.gate.write().await;
+        *gate += 1;
         self.generation.send_modify(|g| *g += 1);
     }
 
@@ -227,7 +236,10 @@ impl Proxy {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Swallows (or again forwards) everything the server sends.
+    /// Swallows (or again forwards) everything the server sends. Unmuting is for connections
+    /// made afterwards: one that has swallowed bytes never forwards again (its stream would
+    /// resume mid-frame, and an ack held up in it could slip through before a `cut` that
+    /// follows takes effect).
     pub fn mute_server(&self, mute: bool) {
         self.mute.store(mute, std::sync::atomic::Ordering::SeqCst);
     }
@@ -237,20 +249,25 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     muted: Arc<std::sync::atomic::AtomicBool>,
+    (gate, born): (&tokio::sync::RwLock<u64>, u64),
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
+    let mut swallowed = false;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if muted.load(std::sync::atomic::Ordering::SeqCst) {
+        if swallowed || muted.load(std::sync::atomic::Ordering::SeqCst) {
+            swallowed = true;
             continue;
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let open = gate.read().await;
+        if *open != born || to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+        drop(open);
     }
 }
 
