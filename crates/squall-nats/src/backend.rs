@@ -83,17 +83,25 @@ impl NatsBackend {
     /// [`HEADER_RESERVE`], and `Unsupported` if it lacks headers or (for JetStream) JetStream.
     /// Once connected, the client reconnects by itself, with backoff, for as long as it lives.
     pub async fn connect(config: NatsConfig) -> Result<NatsBackend> {
+        let (connected, connections) = tokio::sync::watch::channel(0u64);
+        let connected = Arc::new(connected);
         let mut opts = ConnectOptions::new()
             .name(&config.name)
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.api_timeout))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS disconnected; reconnecting")
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            connected.send_modify(|n| *n += 1);
+                            tracing::info!("NATS connected")
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS disconnected; reconnecting")
+                        }
+                        other => tracing::warn!(event = %other, "NATS connection event"),
                     }
-                    other => tracing::warn!(event = %other, "NATS connection event"),
                 }
             });
         if let (Some(u), Some(p)) = (&config.user, &config.password) {
@@ -146,7 +154,7 @@ impl NatsBackend {
         };
         let caps = capabilities(&config);
         Ok(NatsBackend {
-            p: Publishing::new(client, js, config),
+            p: Publishing::new(client, js, config, connections),
             caps,
         })
     }

@@ -19,7 +19,9 @@
 //! another pattern, or durability, is refused with `Conflict`.
 //!
 //! The pulling task asks for as many messages as free slots (`max_in_flight` minus live leases),
-//! one pull request at a time, each waiting up to `pull_expires` on the server. Closing a
+//! one pull request at a time, each waiting up to `pull_expires` on the server; after a
+//! reconnect it pulls again at once, into a new inbox (a restarted server forgets open pull
+//! requests; one that kept them finds no interest in the old inbox). Closing a
 //! consumer naks everything it holds at once (handed out or buffered), so other members get it
 //! without waiting for `ack_wait`, and deletes a fan-out consumer (which ends its open pull
 //! request). A group member's open pull request cannot be withdrawn: what it still brings is
@@ -237,6 +239,7 @@ impl JsConsumer {
             stop: stop.clone(),
             inbox,
             sub: inbox_sub,
+            connections: p.connections.clone(),
             last_seq: 0,
             reported: false,
         };
@@ -349,6 +352,8 @@ struct Fetch {
     stop: Arc<AtomicU8>,
     inbox: String,
     sub: async_nats::Subscriber,
+    /// The connection count seen when the open pull request was sent.
+    connections: tokio::sync::watch::Receiver<u64>,
     last_seq: u64,
     reported: bool,
 }
@@ -395,6 +400,7 @@ impl Fetch {
                 expires: Some(expires),
                 ..Default::default()
             };
+            self.connections.mark_unchanged();
             if let Err(e) = self
                 .consumer
                 .request_batch(batch, self.inbox.clone().into())
@@ -414,6 +420,10 @@ impl Fetch {
                 Pull::Silent => {
                     self.check_consumer().await;
                     self.pause(&mut backoff).await;
+                }
+                Pull::Reconnected => {
+                    self.renew_inbox().await;
+                    backoff = Duration::from_millis(100);
                 }
                 Pull::Closed => break,
             }
@@ -435,6 +445,7 @@ impl Fetch {
             let m = tokio::select! {
                 m = self.sub.next() => m,
                 _ = tokio::time::sleep_until(until) => return Pull::Silent,
+                Ok(()) = self.connections.changed() => return Pull::Reconnected,
             };
             let Some(m) = m else {
                 return Pull::Closed;
@@ -464,6 +475,30 @@ impl Fetch {
             }
         }
         Pull::Ended
+    }
+
+    /// After a reconnect, pulls go to a new inbox. A restarted server has forgotten the open
+    /// request (waiting for it would take up to `pull_expires`); a server that kept it finds
+    /// no interest in the old inbox and drops it, so the two requests never bring more than
+    /// `max_in_flight` between them. What the old inbox already holds is taken first;
+    /// anything the server still sends there is redelivered after `ack_wait`.
+    async fn renew_inbox(&mut self) {
+        while let Some(Some(m)) = futures::FutureExt::now_or_never(self.sub.next()) {
+            if matches!(m.status, None | Some(async_nats::StatusCode::OK)) {
+                self.receive(m).await;
+            }
+        }
+        let client = &self.shared.publishing.client;
+        let inbox = client.new_inbox();
+        match client.subscribe(inbox.clone()).await {
+            Ok(sub) => {
+                let mut old = std::mem::replace(&mut self.sub, sub);
+                self.inbox = inbox;
+                let _ = old.unsubscribe().await;
+            }
+            Err(e) => tracing::debug!(consumer = %self.shared.consumer, error = %e,
+                "a new pull inbox after reconnecting; keeping the old one"),
+        }
     }
 
     /// A pull went unanswered: the consumer may be gone (removed while disconnected).
@@ -718,6 +753,8 @@ enum Pull {
     Ended,
     /// No answer in time.
     Silent,
+    /// The connection was made again: the server may have forgotten the request.
+    Reconnected,
     /// The connection is closed for good.
     Closed,
 }

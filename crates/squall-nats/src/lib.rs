@@ -97,6 +97,10 @@
 //!   capture the subjects are used as they are (their storage decides the ack durability).
 //! - **Closing a handle** (`Publisher::close`) flushes, then refuses sends, subscriptions and
 //!   requests through it; consumers it opened keep running until they are closed or dropped.
+//!   The connection ends once the handle, its clones and its consumers are all dropped, if it
+//!   is up then: async-nats 0.51 notices dropped handles only while connected, so a connection
+//!   that breaks as (or before) its last handle goes keeps reconnecting in the background
+//!   (`squall certify` waits for its connections to end before it stops its proxy).
 //! - **Requests are never deduplicated.** A re-sent request waits on a new inbox and needs its
 //!   own reply, so its `Nats-Msg-Id` is made unique (the id travels in `Squall-Id`, [`codec`]).
 //! - **Replies are not stored.** Subjects under the client's inbox prefix (`_INBOX.`) are

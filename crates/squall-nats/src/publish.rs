@@ -27,11 +27,19 @@ pub(crate) struct Publishing {
     pub config: NatsConfig,
     pub backend: &'static str,
     pub closed: AtomicBool,
+    /// Connections made so far (bumped by every connect and reconnect): a JetStream consumer
+    /// asks again at once for what a pull request on a lost connection would have brought.
+    pub connections: tokio::sync::watch::Receiver<u64>,
     inbox_prefix: String,
 }
 
 impl Publishing {
-    pub fn new(client: async_nats::Client, js: Option<Js>, config: NatsConfig) -> Arc<Self> {
+    pub fn new(
+        client: async_nats::Client,
+        js: Option<Js>,
+        config: NatsConfig,
+        connections: tokio::sync::watch::Receiver<u64>,
+    ) -> Arc<Self> {
         let backend = if js.is_some() {
             "nats-jetstream"
         } else {
@@ -49,6 +57,7 @@ impl Publishing {
             config,
             backend,
             closed: AtomicBool::new(false),
+            connections,
             inbox_prefix,
         })
     }

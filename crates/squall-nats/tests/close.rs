@@ -8,24 +8,16 @@ mod support;
 
 use std::time::Duration;
 
-use squall_chaos::proxy::Proxy;
 use squall_core::{Message, Publisher, Subscriber, Subscription};
 use squall_nats::NatsBackend;
 use squall_testkit::peers::eventually_async;
-use support::{JS_TEST_OPTIONS, Scope, eventually, nats_url, tag, with_options};
+use support::{JS_TEST_OPTIONS, Scope, eventually, nats_url, proxied, tag, with_options};
 
 const N: usize = 20;
 
 async fn closed_backend_leaves_nothing(cut: Cut) {
     let Some(base) = nats_url() else { return };
-    let upstream = squall_chaos::runner::target::host_port(&base).expect("host:port in the URL");
-    let proxy = Proxy::new("127.0.0.1:0".parse().unwrap(), upstream)
-        .name("close")
-        .spawn()
-        .await
-        .expect("starting the proxy");
-    let proxied = squall_chaos::runner::target::via(&base, &proxy.listen_addr().to_string())
-        .expect("a proxied URL");
+    let (proxy, proxied) = proxied(&base, "close").await;
     let scope = Scope::new(&base, JS_TEST_OPTIONS);
     let b = NatsBackend::connect_url(&with_options(&proxied, JS_TEST_OPTIONS))
         .await

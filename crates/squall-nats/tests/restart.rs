@@ -310,3 +310,39 @@ async fn a_core_subscription_is_restored_after_a_server_crash() {
     assert_eq!(got.len(), 1, "nothing arrived after the restart");
     assert_eq!(got[0].message().id().as_str(), "after");
 }
+
+/// A pull request the restarted server forgot is asked again as soon as the connection is
+/// back, not once its `pull_expires` (60 s here) has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_the_restarted_server_forgot_is_asked_again_at_once() {
+    let Some(mut server) = PrivateServer::start().await else {
+        return;
+    };
+    let url = server
+        .url("jetstream=1&api_timeout=1s&pull_expires=60s&group_expiry=10m&fanout_expiry=10m");
+    let b = NatsBackend::connect_url(&url).await.expect("connect");
+    let sub = Subscription::new("jobs.>")
+        .and_then(|s| s.group("workers"))
+        .expect("sub")
+        .durable(true);
+    let mut c = b.subscribe(sub).await.expect("subscribe");
+    b.publish(msg("jobs.a", "before")).await.expect("publish");
+    let (got, _) = receive(c.as_mut(), 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "before the restart");
+    for d in got {
+        d.ack().await.expect("ack before the restart");
+    }
+    // The consumer's pull request (up to 60 s) is open on the server that now goes away.
+    server.restart(false).await;
+    publish_eventually(&b, msg("jobs.a", "after"), Duration::from_secs(15)).await;
+    let (got, errors) = receive(c.as_mut(), 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.iter()
+            .map(|d| d.message().id().to_string())
+            .collect::<Vec<_>>(),
+        ["after"],
+        "what was published after the restart waited for the forgotten pull to expire \
+         ({errors} errors reported meanwhile)"
+    );
+    b.close().await.expect("close");
+}

@@ -133,3 +133,16 @@ pub async fn round_trip(client: &async_nats::Client) {
         .expect("round trip within 5 s")
         .expect("connection open");
 }
+
+/// The chaos lab's fault proxy in front of the server at `base`, and `base` through it.
+pub async fn proxied(base: &str, name: &str) -> (squall_chaos::proxy::ProxyHandle, String) {
+    let upstream = squall_chaos::runner::target::host_port(base).expect("host:port in the URL");
+    let proxy = squall_chaos::proxy::Proxy::new("127.0.0.1:0".parse().unwrap(), upstream)
+        .name(name)
+        .spawn()
+        .await
+        .expect("starting the proxy");
+    let url = squall_chaos::runner::target::via(base, &proxy.listen_addr().to_string())
+        .expect("a proxied URL");
+    (proxy, url)
+}
