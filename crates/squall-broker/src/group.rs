@@ -180,6 +180,10 @@ impl Group {
     /// Leases recorded as held stay held until their deadlines: a holder of the previous run may
     /// still be processing, and releasing early would make two holders of one message. Recovery
     /// of those messages (and, with per-key order, their keys) is therefore bounded by `ack_wait`.
+    ///
+    /// Progress past the end of the log (its tail was lost: a power loss in `buffered` mode, or a
+    /// damaged tail cut off by recovery) is rewound, and the rewind recorded, so the messages that
+    /// take those sequences next are delivered rather than taken for settled.
     pub(crate) fn restore(
         name: Arc<str>,
         snap: ConsumerSnapshot,
@@ -189,6 +193,20 @@ impl Group {
         let config: GroupConfig = serde_json::from_slice(&snap.config)
             .map_err(|e| format!("group `{name}`: unreadable configuration: {e}"))?;
         let mut g = Group::empty(name, config, false, snap);
+        let end = store.bounds().last + 1;
+        if g.snap.cursor > end {
+            let forgotten = g.snap.pending.range(end..).count() + g.snap.ready.range(end..).count();
+            tracing::warn!(
+                group = %g.name,
+                cursor = g.snap.cursor,
+                first_lost = end,
+                forgotten,
+                "consumer progress ran past the end of the log (its tail was lost); examining again from the first lost sequence"
+            );
+            g.record(ConsumerOp::Rewind { to: end });
+            g.flush_ops(store)
+                .map_err(|e| format!("group `{}`: cannot record the rewind: {e}", g.name))?;
+        }
         for (&seq, p) in &g.snap.pending {
             g.deadlines.insert((p.deadline, seq));
         }
@@ -615,12 +633,14 @@ impl Group {
             }));
         }
         let bounds = ctx.store.bounds();
+        // Only what a crash can no longer take away: progress recorded on a record the log then
+        // lost would make the group skip whatever message takes its sequence after a restart.
+        let last = bounds.visible;
         let start = self.snap.cursor;
         let mut cursor = self.snap.cursor.max(bounds.first);
         let mut budget = SCAN_BUDGET;
         let mut granted = None;
-        while cursor <= bounds.last && budget > 0 && self.due.len() + self.waiting.len() < LOOKAHEAD
-        {
+        while cursor <= last && budget > 0 && self.due.len() + self.waiting.len() < LOOKAHEAD {
             budget -= 1;
             let seq = cursor;
             cursor += 1;
@@ -661,7 +681,7 @@ impl Group {
         }
         // Stopped by the scan budget with records left: the caller should come straight back.
         // (Stopping at LOOKAHEAD is not that: it waits for settles.)
-        ctx.more = granted.is_none() && budget == 0 && cursor <= bounds.last;
+        ctx.more = granted.is_none() && budget == 0 && cursor <= last;
         Ok(granted)
     }
 

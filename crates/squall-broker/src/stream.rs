@@ -4,7 +4,10 @@
 //! Critical sections never await (the lock is never held across a suspension point), so a blocking
 //! mutex is cheaper than an async one. The store is called under the lock for appends (so sequence
 //! order is lock order) and reads. Waiting consumers park on `notify`, which is signalled after every
-//! change that could make something deliverable (publish, settle, member leaving, close).
+//! change that could make something deliverable (a record becoming visible, settle, member leaving,
+//! close). A record becomes visible when the store can no longer lose it to a crash
+//! ([`crate::storage::StreamBounds::visible`]): with the log storage in `fsync` mode that is after
+//! its fsync, so delivery follows the group commit. The store's syncer signals `notify` then.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +36,7 @@ pub(crate) struct Stream {
     pub name: Arc<str>,
     pub store: Arc<dyn StreamStore>,
     pub state: Mutex<StreamState>,
-    pub notify: Notify,
+    pub notify: Arc<Notify>,
     published: metrics::Counter,
     duplicates: metrics::Counter,
     dropped: metrics::Counter,
@@ -64,6 +67,9 @@ impl Stream {
             .ok()
             .flatten()
             .map_or(Timestamp(0), |m| m.published_at);
+        let notify = Arc::new(Notify::new());
+        let wake = notify.clone();
+        store.on_visible(Arc::new(move || wake.notify_waiters()));
         Stream {
             published: metrics::counter!("squall_published_total", "stream" => label.clone()),
             duplicates: metrics::counter!("squall_publish_duplicates_total", "stream" => label.clone()),
@@ -77,7 +83,7 @@ impl Stream {
                 last_published,
                 dropped: 0,
             }),
-            notify: Notify::new(),
+            notify,
         }
     }
 
@@ -144,7 +150,12 @@ impl Stream {
             }
         };
         self.published.increment(1);
-        self.notify.notify_waiters();
+        if let Appended::Stored { seq, .. } = &appended
+            && self.store.bounds().visible >= *seq
+        {
+            // Visible at once (memory); otherwise the store wakes consumers when it is.
+            self.notify.notify_waiters();
+        }
         Ok(appended)
     }
 

@@ -93,6 +93,13 @@ pub enum ConsumerOp {
         /// The new cursor.
         cursor: u64,
     },
+    /// The log lost its tail from `to` on (records that never reached the disk, or a damaged
+    /// tail cut off by recovery): forget what was examined at or after `to` and examine it again,
+    /// since the records that take those sequences now are other messages.
+    Rewind {
+        /// The first sequence lost, and the new cursor.
+        to: u64,
+    },
 }
 
 /// A consumer group's progress.
@@ -188,6 +195,11 @@ impl ConsumerSnapshot {
                 self.ready.clear();
                 self.cursor = *cursor;
             }
+            ConsumerOp::Rewind { to } => {
+                self.pending.split_off(to);
+                self.ready.split_off(to);
+                self.cursor = self.cursor.min(*to);
+            }
         }
     }
 
@@ -256,6 +268,30 @@ mod tests {
             1,
             "replaying ops does not duplicate waiting messages"
         );
+    }
+
+    #[test]
+    fn a_rewind_forgets_what_was_examined_from_its_sequence_on() {
+        let mut s = ConsumerSnapshot::new(Vec::new(), 1);
+        for seq in 1..=6 {
+            s.apply(&ConsumerOp::Deliver {
+                seq,
+                nonce: seq,
+                at: Timestamp(1),
+                deadline: Timestamp(9),
+            });
+        }
+        s.apply(&ConsumerOp::Requeue {
+            seq: 5,
+            not_before: Timestamp(0),
+        });
+        s.apply(&ConsumerOp::Settle { seq: 2 });
+        s.apply(&ConsumerOp::Rewind { to: 4 });
+        assert_eq!(s.cursor, 4, "examined again from the first lost sequence");
+        assert_eq!(s.pending.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert!(s.ready.is_empty(), "5 was lost with the tail");
+        s.apply(&ConsumerOp::Rewind { to: 9 });
+        assert_eq!(s.cursor, 4, "a rewind never moves the cursor forward");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use squall_core::{Durability, Message, Timestamp};
 
 use super::{
     Commit, ConsumerOp, ConsumerSnapshot, Storage, StorageError, StoredMessage, StreamBounds,
-    StreamStore,
+    StreamStore, VisibleWaker,
 };
 
 /// Stream name -> (saved metadata, the stream).
@@ -122,9 +122,14 @@ impl StreamStore for MemoryStream {
         StreamBounds {
             first,
             last: log.last,
+            visible: log.last,
             messages: log.records.len() as u64,
             bytes: log.bytes,
         }
+    }
+
+    fn on_visible(&self, _wake: VisibleWaker) {
+        // Visible once appended: nothing to wake for later.
     }
 
     fn first_at_or_after(&self, ts: Timestamp) -> Result<u64, StorageError> {

@@ -9,6 +9,10 @@
 //! - sequences are assigned by the store, consecutively from `bounds().last + 1`, starting at 1;
 //! - [`StreamStore::append`] returns once the record is readable; the [`Commit`] resolves once it
 //!   reached the store's durability, and never claims more than was reached;
+//! - `bounds().visible` is the highest sequence a crash of the process can no longer take away
+//!   (see [`StreamBounds::visible`]); the broker gives consumers nothing above it, so consumer
+//!   progress never refers to a record the log could still lose. A store calls the waker given to
+//!   [`StreamStore::on_visible`] whenever `visible` advances after an append returned;
 //! - after an unrecoverable write failure (a failed fsync) every later append fails with
 //!   [`StorageError::Poisoned`];
 //! - [`StreamStore::remove_before`] may keep some older records (whole segments are deleted); the
@@ -47,6 +51,10 @@ pub struct StreamBounds {
     pub first: u64,
     /// Highest sequence ever assigned; 0 before the first append.
     pub last: u64,
+    /// Highest sequence consumers may be given: every record up to it survives a crash of the
+    /// process (`Fsync` log: fsynced; `Buffered` log: written to the OS; memory: `last`, as
+    /// nothing survives a restart there anyway). At most `last`.
+    pub visible: u64,
     /// Messages held.
     pub messages: u64,
     /// Bytes held (payload + headers + framing, as the store counts them).
@@ -170,6 +178,10 @@ impl Commit {
     }
 }
 
+/// Called (from any thread, possibly a storage thread) when a stream's `bounds().visible`
+/// advanced; it must be cheap and must not block.
+pub type VisibleWaker = Arc<dyn Fn() + Send + Sync>;
+
 /// A place that keeps streams. Implementations are shared by all streams of one broker.
 pub trait Storage: Send + Sync + 'static {
     /// `memory`, `log`...
@@ -194,6 +206,10 @@ pub trait StreamStore: Send + Sync {
     fn read(&self, sequence: u64) -> Result<Option<StoredMessage>, StorageError>;
     /// What is held.
     fn bounds(&self) -> StreamBounds;
+    /// Registers the waker to call whenever `bounds().visible` advances after `append` returned
+    /// (a store whose appends are visible when `append` returns need not call it). A second call
+    /// replaces the first waker.
+    fn on_visible(&self, wake: VisibleWaker);
     /// The sequence of the first message appended at or after `ts` (`last + 1` if none).
     fn first_at_or_after(&self, ts: Timestamp) -> Result<u64, StorageError>;
     /// Drops messages with sequences below `sequence` (possibly keeping some; see the module docs).

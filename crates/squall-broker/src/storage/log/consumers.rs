@@ -136,6 +136,7 @@ pub(crate) fn encode_ops(ops: &[ConsumerOp], out: &mut Vec<u8>) {
             ConsumerOp::Requeue { seq, not_before } => put(out, 5, &[*seq, not_before.0]),
             ConsumerOp::Settle { seq } => put(out, 6, &[*seq]),
             ConsumerOp::Reset { cursor } => put(out, 7, &[*cursor]),
+            ConsumerOp::Rewind { to } => put(out, 8, &[*to]),
         }
     }
 }
@@ -172,6 +173,7 @@ pub(crate) fn decode_ops(b: &[u8]) -> Result<Vec<ConsumerOp>, FormatError> {
             },
             6 => ConsumerOp::Settle { seq: c.u64()? },
             7 => ConsumerOp::Reset { cursor: c.u64()? },
+            8 => ConsumerOp::Rewind { to: c.u64()? },
             _ => return Err(FormatError::Invalid("consumer op")),
         };
         ops.push(op);
@@ -457,6 +459,7 @@ mod tests {
             },
             ConsumerOp::Settle { seq: 4 },
             ConsumerOp::Reset { cursor: 7 },
+            ConsumerOp::Rewind { to: 5 },
         ]
     }
 

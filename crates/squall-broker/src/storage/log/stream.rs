@@ -12,6 +12,12 @@
 //!   from disk, up to the other half, evicting the lowest sequences first.
 //! - The sync queue (behind its own lock) hands written files and commit waiters to the syncer
 //!   thread; `poison` is set once, by whichever thread saw a write or sync fail.
+//! - Consumers see a record only once a crash of the process can no longer take it away
+//!   ([`StreamBounds::visible`]): in `Fsync` mode once it is fsynced, in `Buffered` mode once it is
+//!   written. Readable at once is not visible at once: a record still in `pending` dies with the
+//!   process, and a consumer that had acked it would, after the restart, skip whatever message
+//!   then took its sequence. The thread that advances `synced` (resp. `written`) calls the
+//!   broker's waker.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -31,6 +37,7 @@ use super::segment::{self, Segment};
 use super::{Settings, SyncMode, writer};
 use crate::storage::{
     Commit, ConsumerOp, ConsumerSnapshot, StorageError, StoredMessage, StreamBounds, StreamStore,
+    VisibleWaker,
 };
 
 /// Most bytes of encoded records waiting for the writer before appends block.
@@ -177,6 +184,8 @@ pub(crate) struct Shared {
     /// Why writes are refused, once they are.
     pub poison: OnceLock<String>,
     pub consumers: Consumers,
+    /// Called when `visible` advances (see the module docs).
+    pub waker: Mutex<Option<VisibleWaker>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -206,6 +215,22 @@ impl Shared {
                 cause: cause.clone(),
             }),
             None => Ok(()),
+        }
+    }
+
+    /// The highest sequence consumers may see (see the module docs).
+    pub fn visible(&self, st: &State) -> u64 {
+        match self.settings.sync {
+            SyncMode::Fsync => st.synced,
+            SyncMode::Buffered => st.written,
+        }
+    }
+
+    /// Tells the broker that `visible` advanced. Call without the state lock held.
+    pub fn wake_visible(&self) {
+        let waker = lock(&self.waker).clone();
+        if let Some(wake) = waker {
+            wake();
         }
     }
 
@@ -290,6 +315,7 @@ impl LogStream {
             sync_cv: Condvar::new(),
             poison: OnceLock::new(),
             consumers,
+            waker: Mutex::new(None),
         });
         let first_pos = pos_of(&shared, floor)?;
         shared.lock().first_pos = first_pos;
@@ -391,9 +417,14 @@ impl StreamStore for LogStream {
         StreamBounds {
             first: st.floor,
             last: st.last,
+            visible: self.shared.visible(&st),
             messages: st.last + 1 - st.floor,
             bytes: st.end_pos - st.first_pos,
         }
+    }
+
+    fn on_visible(&self, wake: VisibleWaker) {
+        *lock(&self.shared.waker) = Some(wake);
     }
 
     fn first_at_or_after(&self, ts: Timestamp) -> Result<u64, StorageError> {

@@ -14,6 +14,9 @@
 //! change, or as soon as 8 MiB were written since the last sync. Consumer journals and the retention floor are synced on the same cadence (within
 //! `buffered_sync_interval`, or with the next data sync, whichever comes first).
 //!
+//! Consumers see records up to `synced` in `Fsync` mode and up to `written` in `Buffered` mode
+//! (see `stream.rs`); whichever thread advances that bound wakes the broker's consumers.
+//!
 //! A failed write or fsync poisons the stream: every later append, sync and consumer record
 //! fails with [`StorageError::Poisoned`], and the syncer never fsyncs again (after a failed fsync
 //! the kernel may have dropped the dirty pages, so a later success would prove nothing).
@@ -230,6 +233,9 @@ fn write_batch(sh: &Shared, active: &mut Active, batch: &mut Batch) {
             sh.progress.notify_all();
         }
     }
+    if !fsync {
+        sh.wake_visible();
+    }
     for w in batch.waiters.drain(..) {
         let _ = w.send(Ok(Durability::Written));
     }
@@ -315,15 +321,20 @@ fn run_syncer(sh: Arc<Shared>, mut floor_saved: u64) {
         {
             sh.set_poison(format!("{e}"));
         }
-        {
+        let advanced = {
             let mut st = sh.lock();
-            if result.is_ok() {
-                st.synced = st.synced.max(job.upto);
+            let advanced = result.is_ok() && job.upto > st.synced;
+            if advanced {
+                st.synced = job.upto;
             }
             st.sync_done = job.ticket;
             if st.progress_waiters > 0 {
                 sh.progress.notify_all();
             }
+            advanced
+        };
+        if fsync && advanced {
+            sh.wake_visible();
         }
         let outcome = result.map(|()| Durability::Fsynced);
         for w in job.waiters.drain(..) {
