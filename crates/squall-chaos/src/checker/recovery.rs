@@ -3,8 +3,9 @@
 //! The baseline is the run before the first fault (the first phase, or up to the first fault
 //! window if that starts earlier): the median deliveries per second and the largest lag. A
 //! window has recovered in the first second, from its healing on, whose deliveries are back to
-//! 80 % of the baseline rate (or the producers have stopped offering load) and whose lag is at
-//! most twice the baseline lag (and at least 10 messages).
+//! 80 % of the baseline rate (or the producers stopped offering load in or before it: the second
+//! in which the load ends is partial, so its rate says nothing) and whose lag is at most twice
+//! the baseline lag (and at least 10 messages).
 //!
 //! Every window gets an entry. A window still active at the end has no healing; a window another
 //! one takes over from (starting no later than 100 ms after it ends, and ending later, as in a
@@ -79,7 +80,7 @@ pub(super) fn recoveries(
             }
             let from_s = healed.as_secs();
             let recovered = timeline.iter().filter(|b| b.t >= from_s).find(|b| {
-                let rate_ok = b.delivered * 5 >= base_rate * 4 || b.t > offered_end;
+                let rate_ok = b.delivered * 5 >= base_rate * 4 || b.t >= offered_end;
                 rate_ok && b.lag <= (base_lag * 2).max(10)
             });
             Recovery {

@@ -401,6 +401,49 @@ fn phases_count_deliveries_received_during_them_and_their_latency() {
 }
 
 #[test]
+fn a_backlog_drained_in_the_second_the_load_ends_is_a_recovery() {
+    // The shape of broker-kill's quick run: 100 msg/s, the broker down from 2.0 s to 2.5 s, what
+    // was sent meanwhile delivered at 3.5 s, 30 of the next second's sends held behind a lease
+    // until 4.2 s, and the last two sends at 4.00 s and 4.01 s (so second 4 is partial).
+    let mut ev = vec![Event::Phase {
+        name: "base".into(),
+        at: t(0),
+    }];
+    let mut seq = 0;
+    let mut send = |ev: &mut Vec<Event>, at: u64, delivered: u64| {
+        seq += 1;
+        ev.push(sent(1, seq, at, "k"));
+        ev.push(confirmed(1, seq, at + 1, seq));
+        ev.push(received(1, seq, 1, delivered, seq));
+    };
+    for i in 0..400u64 {
+        let at = i * 10;
+        let delivered = match at {
+            2000..3000 => 3500,
+            3000..3300 => 4200,
+            _ => at + 2,
+        };
+        send(&mut ev, at, delivered);
+    }
+    send(&mut ev, 4000, 4200);
+    send(&mut ev, 4010, 4200);
+    ev.push(Event::Fault {
+        name: "kill -9".into(),
+        start: t(2000),
+        end: Some(t(2500)),
+    });
+    ev.sort_by_key(Event::time);
+    let f = check(&ev, &groups(), t(0));
+    let last = f.timeline.last().unwrap();
+    assert_eq!((last.t, last.sent, last.delivered, last.lag), (4, 2, 32, 0));
+    assert_eq!(
+        f.recoveries[0].recovery,
+        Some(Duration::from_millis(2500)),
+        "second 4 ends with nothing outstanding; its low rate is the load ending"
+    );
+}
+
+#[test]
 fn every_fault_window_gets_a_recovery_entry_and_chains_are_measured_at_their_end() {
     let mut ev = vec![Event::Phase {
         name: "base".into(),
