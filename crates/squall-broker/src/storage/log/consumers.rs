@@ -471,6 +471,38 @@ mod tests {
         assert!(decode_ops(&b[..b.len() - 1]).is_err());
     }
 
+    proptest::proptest! {
+        /// Journal frames pass a CRC before they are decoded, but the decoder must still refuse
+        /// anything else with an error, never a panic or an allocation sized by the input.
+        #[test]
+        fn arbitrary_bytes_decode_to_an_error_or_ops_that_encode_back(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            if let Ok(ops) = decode_ops(&b) {
+                let mut again = Vec::new();
+                encode_ops(&ops, &mut again);
+                proptest::prop_assert_eq!(again, b);
+            }
+        }
+
+        /// The same for a valid frame with one byte changed or the end cut off.
+        #[test]
+        fn a_damaged_frame_decodes_to_an_error_or_ops_that_encode_back(
+            at in 0usize..1000, value in proptest::prelude::any::<u8>(), cut in 0usize..1000,
+        ) {
+            let mut b = Vec::new();
+            encode_ops(&all_ops(), &mut b);
+            let i = at % b.len();
+            b[i] = value;
+            b.truncate(b.len() - cut % 4);
+            if let Ok(ops) = decode_ops(&b) {
+                let mut again = Vec::new();
+                encode_ops(&ops, &mut again);
+                proptest::prop_assert_eq!(again, b);
+            }
+        }
+    }
+
     #[test]
     fn names_hex_round_trip() {
         for n in ["workers", "a/b..c", "é", ""] {
