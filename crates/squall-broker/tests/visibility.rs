@@ -6,7 +6,8 @@
 //! `buffered` mode. Otherwise a consumer could ack a record that then dies with the process, and
 //! after the restart its group would take the message that inherits that sequence for settled and
 //! never deliver it. The first two cases hold the storage's fsync (resp. write) with an I/O hook and
-//! check that nothing is delivered meanwhile. The third cuts the tail off a segment, as a power loss
+//! check that nothing is delivered meanwhile; the next two fail it, and check that the message of
+//! the refused publish is never delivered. The last cuts the tail off a segment, as a power loss
 //! in `buffered` mode or a damaged tail can, and checks that the group's progress past the new end
 //! is rewound, durably, so the messages that take those sequences are delivered.
 
@@ -17,7 +18,9 @@ use std::time::Duration;
 
 use squall_broker::Broker;
 use squall_broker::storage::{IoHook, IoOp, IoVerdict, LogConfig, LogStorage, Storage, SyncMode};
-use squall_core::{Consumer, Delivery, Durability, Message, Publisher, Subscriber, Subscription};
+use squall_core::{
+    Consumer, Delivery, Durability, ErrorKind, Message, Publisher, Subscriber, Subscription,
+};
 use tokio::sync::oneshot;
 
 fn msg(payload: &str) -> Message {
@@ -164,6 +167,62 @@ async fn in_fsync_mode_a_record_is_delivered_only_after_its_fsync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_buffered_mode_a_record_is_delivered_only_after_its_write() {
     held_until_safe(SyncMode::Buffered, IoOp::Write, Durability::Written).await;
+}
+
+/// Fails the first segment-file operation of one kind after it is armed, with EIO.
+struct FailNext {
+    op: IoOp,
+    armed: AtomicBool,
+}
+
+impl IoHook for FailNext {
+    fn check(&self, op: IoOp, path: &Path, _len: usize) -> IoVerdict {
+        let segment = path.extension().is_some_and(|e| e == "seg");
+        if op == self.op && segment && self.armed.swap(false, Ordering::SeqCst) {
+            return IoVerdict::Fail(std::io::Error::from_raw_os_error(5));
+        }
+        IoVerdict::Pass
+    }
+}
+
+/// A publish whose `op` fails is refused, and no consumer ever sees its message.
+async fn never_seen_when_refused(sync: SyncMode, op: IoOp) {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailNext {
+        op,
+        armed: AtomicBool::new(false),
+    });
+    let config = LogConfig {
+        sync,
+        io_hook: Some(hook.clone() as Arc<dyn IoHook>),
+        ..LogConfig::default()
+    };
+    let (_storage, broker) = open_broker(dir.path(), config);
+    let mut c = broker.subscribe(group()).await.unwrap();
+    broker.publish(msg("warm-up")).await.unwrap();
+    next(&mut c).await.ack().await.unwrap();
+
+    hook.armed.store(true, Ordering::SeqCst);
+    let refused = broker.publish(msg("refused")).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Storage, "{refused}");
+    assert!(refused.to_string().contains("os error 5"), "{refused}");
+    // Absence over a window, as above: before, the message was readable, hence delivered, at
+    // once, whatever became of its write.
+    if let Ok(got) = tokio::time::timeout(Duration::from_millis(500), c.next()).await {
+        panic!("delivered although its publish failed: {got:?}");
+    }
+    let closed = broker.close().await.unwrap_err();
+    assert_eq!(closed.kind(), ErrorKind::StoragePoisoned, "{closed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_fsync_mode_a_message_whose_fsync_failed_is_never_delivered() {
+    never_seen_when_refused(SyncMode::Fsync, IoOp::Sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_buffered_mode_a_message_whose_write_failed_is_never_delivered() {
+    never_seen_when_refused(SyncMode::Buffered, IoOp::Write).await;
 }
 
 fn the_segment(dir: &Path) -> PathBuf {
