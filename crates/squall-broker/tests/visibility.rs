@@ -119,21 +119,31 @@ fn group() -> Subscription {
         .durable(true)
 }
 
-/// Publishes one message while the storage holds `op` on the segment, checks the consumer is
-/// given nothing meanwhile, then releases it and checks the message arrives with `durability`.
-async fn held_until_safe(sync: SyncMode, op: IoOp, durability: Durability) {
+/// A broker on log storage in `sync` mode with `hook`, and a member of its durable group that has
+/// received and acked one message (so everything before the test's own publish is settled).
+async fn warmed_up(
+    sync: SyncMode,
+    hook: Arc<dyn IoHook>,
+) -> (tempfile::TempDir, Broker, Box<dyn Consumer>) {
     let dir = tempfile::tempdir().unwrap();
-    let gate = Gate::new(op);
-    let _release = ReleaseOnDrop(gate.clone());
     let config = LogConfig {
         sync,
-        io_hook: Some(gate.clone() as Arc<dyn IoHook>),
+        io_hook: Some(hook),
         ..LogConfig::default()
     };
     let (_storage, broker) = open_broker(dir.path(), config);
     let mut c = broker.subscribe(group()).await.unwrap();
     broker.publish(msg("warm-up")).await.unwrap();
     next(&mut c).await.ack().await.unwrap();
+    (dir, broker, c)
+}
+
+/// Publishes one message while the storage holds `op` on the segment, checks the consumer is
+/// given nothing meanwhile, then releases it and checks the message arrives with `durability`.
+async fn held_until_safe(sync: SyncMode, op: IoOp, durability: Durability) {
+    let gate = Gate::new(op);
+    let _release = ReleaseOnDrop(gate.clone());
+    let (_dir, broker, mut c) = warmed_up(sync, gate.clone()).await;
 
     let held = gate.arm();
     let publisher = broker.clone();
@@ -187,20 +197,11 @@ impl IoHook for FailNext {
 
 /// A publish whose `op` fails is refused, and no consumer ever sees its message.
 async fn never_seen_when_refused(sync: SyncMode, op: IoOp) {
-    let dir = tempfile::tempdir().unwrap();
     let hook = Arc::new(FailNext {
         op,
         armed: AtomicBool::new(false),
     });
-    let config = LogConfig {
-        sync,
-        io_hook: Some(hook.clone() as Arc<dyn IoHook>),
-        ..LogConfig::default()
-    };
-    let (_storage, broker) = open_broker(dir.path(), config);
-    let mut c = broker.subscribe(group()).await.unwrap();
-    broker.publish(msg("warm-up")).await.unwrap();
-    next(&mut c).await.ack().await.unwrap();
+    let (_dir, broker, mut c) = warmed_up(sync, hook.clone()).await;
 
     hook.armed.store(true, Ordering::SeqCst);
     let refused = broker.publish(msg("refused")).await.unwrap_err();
