@@ -84,6 +84,7 @@ fn every_shipped_scenario_passes_against_squall_serve() {
         "backpressure",
         "network-partition",
         "broker-kill",
+        "broker-kill-buffered",
         "partition-producers",
         "network-degradation",
         "message-flood",
