@@ -7,7 +7,8 @@
 //! change that could make something deliverable (a record becoming visible, settle, member leaving,
 //! close). A record becomes visible when the store can no longer lose it to a crash
 //! ([`crate::storage::StreamBounds::visible`]): with the log storage in `fsync` mode that is after
-//! its fsync, so delivery follows the group commit. The store's syncer signals `notify` then.
+//! its fsync, so delivery follows the group commit. The store signals `notify` then, through the
+//! waker `Stream::new` registers (the memory store as it appends).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -149,13 +150,8 @@ impl Stream {
                 dropped,
             }
         };
+        // Consumers are woken by the store once the record is visible (see the module docs).
         self.published.increment(1);
-        if let Appended::Stored { seq, .. } = &appended
-            && self.store.bounds().visible >= *seq
-        {
-            // Visible at once (memory); otherwise the store wakes consumers when it is.
-            self.notify.notify_waiters();
-        }
         Ok(appended)
     }
 

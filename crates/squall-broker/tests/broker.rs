@@ -2,15 +2,18 @@
 //! streams and routing, retention and overflow, work queues, statistics, events, restarts over the
 //! same storage, request-reply inboxes, closing, configuration errors.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use squall_broker::storage::{MemoryStorage, Storage};
 use squall_broker::{Broker, BrokerConfig, BrokerEvent, Discard, Retention, StreamConfig};
 use squall_core::{
-    Consumer, DeadLetter, Delivery, ErrorKind, Message, Pattern, Publisher, Requester,
-    StartPosition, Subscriber, Subscription,
+    Consumer, DeadLetter, ErrorKind, Message, Pattern, Publisher, Requester, StartPosition,
+    Subscriber, Subscription,
 };
+use support::next;
 
 fn msg(subject: &str, payload: &str) -> Message {
     Message::builder(subject)
@@ -21,14 +24,6 @@ fn msg(subject: &str, payload: &str) -> Message {
 
 fn p(s: &str) -> Pattern {
     Pattern::new(s).unwrap()
-}
-
-async fn next(c: &mut Box<dyn Consumer>) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(60), c.next())
-        .await
-        .expect("a delivery within 60 s")
-        .expect("consumer open")
-        .expect("no error")
 }
 
 async fn nothing_within(c: &mut Box<dyn Consumer>, d: Duration) {

@@ -11,6 +11,8 @@
 //!
 //! Replay a failure with the seed it prints: `SQUALL_CRASH_SEED=<seed> cargo test --test log_crash`.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -330,14 +332,7 @@ fn kill_9_never_loses_an_acknowledged_append() {
 }
 
 fn newest_segment(dir: &Path) -> std::path::PathBuf {
-    let sdir = dir.join("streams").join("crash");
-    let mut segs: Vec<_> = std::fs::read_dir(&sdir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
+    support::segment_files(dir, "crash").pop().unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -11,6 +11,8 @@
 //! in `buffered` mode or a damaged tail can, and checks that the group's progress past the new end
 //! is rewound, durably, so the messages that take those sequences are delivered.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,6 +23,7 @@ use squall_broker::storage::{IoHook, IoOp, IoVerdict, LogConfig, LogStorage, Sto
 use squall_core::{
     Consumer, Delivery, Durability, ErrorKind, Message, Publisher, Subscriber, Subscription,
 };
+use support::{next, segment_files};
 use tokio::sync::oneshot;
 
 fn msg(payload: &str) -> Message {
@@ -28,14 +31,6 @@ fn msg(payload: &str) -> Message {
         .unwrap()
         .payload(payload.to_string())
         .build()
-}
-
-async fn next(c: &mut Box<dyn Consumer>) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(60), c.next())
-        .await
-        .expect("a delivery within 60 s")
-        .expect("consumer open")
-        .expect("no error")
 }
 
 fn payload(d: &Delivery) -> String {
@@ -227,12 +222,7 @@ async fn in_buffered_mode_a_message_whose_write_failed_is_never_delivered() {
 }
 
 fn the_segment(dir: &Path) -> PathBuf {
-    let sdir = dir.join("streams").join("default");
-    let mut segs: Vec<_> = std::fs::read_dir(&sdir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
+    let mut segs = segment_files(dir, "default");
     assert_eq!(segs.len(), 1, "one segment: {segs:?}");
     segs.pop().unwrap()
 }

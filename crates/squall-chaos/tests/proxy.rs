@@ -169,6 +169,28 @@ async fn a_blackhole_holds_data_until_removed_then_delivers_it_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_idle_returns_once_the_last_connection_ends() {
+    let p = proxy_to_echo().await;
+    assert!(
+        p.until_idle(Duration::ZERO).await,
+        "idle before any connection"
+    );
+    let mut s = connect(&p).await;
+    round_trip(&mut s, b"warm").await;
+    assert!(
+        !p.until_idle(Duration::from_millis(100)).await,
+        "a connection is open"
+    );
+    let waiting = {
+        let p = p.clone();
+        tokio::spawn(async move { p.until_idle(T).await })
+    };
+    drop(s);
+    assert!(waiting.await.unwrap(), "idle once the client closed");
+    assert_eq!(p.stats().active, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_cuts_existing_connections_and_refuses_new_ones_while_installed() {
     let p = proxy_to_echo().await;
     let mut s = connect(&p).await;

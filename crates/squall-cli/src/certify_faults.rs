@@ -226,10 +226,7 @@ pub async fn run(url: &str, n: u64) -> anyhow::Result<FaultFigures> {
     // The workload's clients are closed and dropped; their connections end on their own.
     // Stopping the proxy first would look like an outage to a client library still tearing
     // its connection down: async-nats 0.51 then reconnects to the stopped proxy for ever.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.stats().active > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy.until_idle(Duration::from_secs(5)).await;
     proxy.stop().await;
     result
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use squall_core::{Message, Publisher, Subscriber, Subscription};
 use squall_nats::NatsBackend;
 use squall_testkit::peers::eventually_async;
-use support::{JS_TEST_OPTIONS, Scope, eventually, nats_url, proxied, tag, with_options};
+use support::{JS_TEST_OPTIONS, Scope, nats_url, proxied, tag, with_options};
 
 const N: usize = 20;
 
@@ -85,7 +85,7 @@ async fn closed_backend_leaves_nothing(cut: Cut) {
     }
     drop(c);
     drop(b);
-    let gone = eventually(Duration::from_secs(15), || proxy.stats().active == 0).await;
+    let gone = proxy.until_idle(Duration::from_secs(15)).await;
     let left = proxy.stats().active;
     proxy.stop().await;
     assert!(

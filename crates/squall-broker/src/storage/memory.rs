@@ -77,6 +77,8 @@ struct Log {
     last: u64,
     bytes: u64,
     records: VecDeque<StoredMessage>,
+    /// Called after every append: a record is visible once appended.
+    waker: Option<VisibleWaker>,
 }
 
 fn record_size(m: &Message) -> u64 {
@@ -101,6 +103,11 @@ impl StreamStore for MemoryStream {
             published_at,
             message: msg.clone(),
         });
+        let wake = log.waker.clone();
+        drop(log);
+        if let Some(wake) = wake {
+            wake();
+        }
         Ok((sequence, Commit::Done(Durability::Memory)))
     }
 
@@ -128,8 +135,8 @@ impl StreamStore for MemoryStream {
         }
     }
 
-    fn on_visible(&self, _wake: VisibleWaker) {
-        // Visible once appended: nothing to wake for later.
+    fn on_visible(&self, wake: VisibleWaker) {
+        lock(&self.log).waker = Some(wake);
     }
 
     fn first_at_or_after(&self, ts: Timestamp) -> Result<u64, StorageError> {

@@ -12,7 +12,7 @@
 //! - `bounds().visible` is the highest sequence a crash of the process can no longer take away
 //!   (see [`StreamBounds::visible`]); the broker gives consumers nothing above it, so consumer
 //!   progress never refers to a record the log could still lose. A store calls the waker given to
-//!   [`StreamStore::on_visible`] whenever `visible` advances after an append returned;
+//!   [`StreamStore::on_visible`] whenever `visible` advances (the memory store on every append);
 //! - after an unrecoverable write failure (a failed fsync) every later append fails with
 //!   [`StorageError::Poisoned`];
 //! - [`StreamStore::remove_before`] may keep some older records (whole segments are deleted); the
@@ -206,9 +206,8 @@ pub trait StreamStore: Send + Sync {
     fn read(&self, sequence: u64) -> Result<Option<StoredMessage>, StorageError>;
     /// What is held.
     fn bounds(&self) -> StreamBounds;
-    /// Registers the waker to call whenever `bounds().visible` advances after `append` returned
-    /// (a store whose appends are visible when `append` returns need not call it). A second call
-    /// replaces the first waker.
+    /// Registers the waker to call whenever `bounds().visible` advances: the one way the broker
+    /// learns that consumers have something new. A second call replaces the first waker.
     fn on_visible(&self, wake: VisibleWaker);
     /// The sequence of the first message appended at or after `ts` (`last + 1` if none).
     fn first_at_or_after(&self, ts: Timestamp) -> Result<u64, StorageError>;

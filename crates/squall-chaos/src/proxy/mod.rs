@@ -246,6 +246,7 @@ impl Proxy {
             max_connections: self.max_connections,
             faults: watch::Sender::new(Arc::new(Vec::new())),
             conns: Mutex::new(HashMap::new()),
+            ended: tokio::sync::Notify::new(),
             next_conn: AtomicU64::new(1),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -301,6 +302,8 @@ pub(crate) struct Shared {
     pub(crate) faults: watch::Sender<Arc<Vec<ProxyFault>>>,
     /// Live connections, removed by their task when it ends.
     pub(crate) conns: Mutex<HashMap<u64, Arc<ConnCtl>>>,
+    /// Signalled each time a connection ends.
+    ended: tokio::sync::Notify,
     next_conn: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) refused: AtomicU64,
@@ -362,6 +365,7 @@ impl Shared {
             self.tasks.spawn(async move {
                 conn::serve(&me, id, stream, &ctl).await;
                 me.conns().remove(&id);
+                me.ended.notify_waiters();
             });
         }
     }
@@ -507,6 +511,26 @@ impl ProxyHandle {
             bytes_up: s.bytes_up.load(Ordering::Relaxed),
             bytes_down: s.bytes_down.load(Ordering::Relaxed),
         }
+    }
+
+    /// Waits until no connection is open, at most `within`; whether none is. Clients that
+    /// were closed end their connections on their own: waiting for that before [`Self::stop`]
+    /// keeps a client library still tearing its connection down from taking the stop for an
+    /// outage (async-nats 0.51 would then reconnect for ever).
+    pub async fn until_idle(&self, within: Duration) -> bool {
+        let s = self.shared();
+        let idle = async {
+            loop {
+                let ended = s.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if s.conns().is_empty() {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        tokio::time::timeout(within, idle).await.is_ok()
     }
 
     /// Stops accepting, closes every connection and waits for its tasks (at most 5 s).

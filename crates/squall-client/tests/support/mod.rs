@@ -165,9 +165,10 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Bumped by every cut; a connection ends when it changes.
     generation: tokio::sync::watch::Sender<u64>,
-    /// The generation, read-locked by every forwarding write: a cut takes it for writing, so
-    /// once `cut` returns nothing of an older connection is forwarded any more.
-    gate: Arc<tokio::sync::RwLock<u64>>,
+    /// Read-locked by every forwarding write, which checks the generation under it; a cut
+    /// takes it for writing to bump the generation, so once `cut` returns nothing of an older
+    /// connection is forwarded any more.
+    gate: Arc<tokio::sync::RwLock<()>>,
     accepting: Arc<std::sync::atomic::AtomicBool>,
     mute: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
@@ -181,7 +182,7 @@ impl Proxy {
         let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
         let accepting = Arc::new(AtomicBool::new(true));
         let mute = Arc::new(AtomicBool::new(false));
-        let gate = Arc::new(tokio::sync::RwLock::new(0u64));
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
         let (open, muted, gates) = (accepting.clone(), mute.clone(), gate.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -193,6 +194,7 @@ impl Proxy {
                 }
                 let mut cut = gen_rx.clone();
                 let born = *cut.borrow_and_update();
+                let now = cut.clone();
                 let (muted, gate) = (muted.clone(), gates.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else {
@@ -202,8 +204,8 @@ impl Proxy {
                     let (sr, sw) = server.into_split();
                     let never = Arc::new(AtomicBool::new(false));
                     tokio::select! {
-                        _ = pipe(cr, sw, never, (&gate, born)) => {}
-                        _ = pipe(sr, cw, muted, (&gate, born)) => {}
+                        _ = pipe(cr, sw, never, (&gate, &now, born)) => {}
+                        _ = pipe(sr, cw, muted, (&gate, &now, born)) => {}
                         _ = cut.wait_for(|g| *g != born) => {} // cut: every socket dropped
                     }
                 });
@@ -225,8 +227,7 @@ impl Proxy {
     pub async fn cut(&self) {
         self.accepting
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        let mut gate = self.gate.write().await;
-        *gate += 1;
+        let _gate = self.gate.write().await;
         self.generation.send_modify(|g| *g += 1);
     }
 
@@ -249,7 +250,11 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     muted: Arc<std::sync::atomic::AtomicBool>,
-    (gate, born): (&tokio::sync::RwLock<u64>, u64),
+    (gate, generation, born): (
+        &tokio::sync::RwLock<()>,
+        &tokio::sync::watch::Receiver<u64>,
+        u64,
+    ),
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -264,7 +269,7 @@ async fn pipe(
             continue;
         }
         let open = gate.read().await;
-        if *open != born || to.write_all(&buf[..n]).await.is_err() {
+        if *generation.borrow() != born || to.write_all(&buf[..n]).await.is_err() {
             return;
         }
         drop(open);
